@@ -1,0 +1,366 @@
+//! Configuration: the embedded default, the TOML file that overrides it, and validation that
+//! names the key and the reason in one line.
+//!
+//! `configs/corepay.toml` documents every key; `Config::default()` is the embedded default
+//! (`corepay serve` with no file). Never: reads secrets into logs or `Debug` output.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    pub http: Http,
+    pub operator: Operator,
+    pub wal: Wal,
+    pub payments: Payments,
+    pub idempotency: Idempotency,
+    pub mesh: Mesh,
+    pub secrets: Secrets,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Shards (executors); 0 = one per available core.
+    pub shards: u16,
+    /// Pin each shard to a core.
+    pub pin_cores: bool,
+    /// Cores to pin to, in shard order; empty = 0, 1, 2, ...
+    pub cores: Vec<usize>,
+    pub data_dir: PathBuf,
+    /// How long SIGTERM waits for in-flight requests and credits before exiting.
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub listen: String,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: usize,
+    /// Time allowed to receive a whole request once its first byte arrived.
+    pub request_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this long.
+    pub idle_timeout_ms: u64,
+    pub max_connections_per_shard: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Operator {
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Wal {
+    /// "fdatasync" (default) or "none" (benchmarks only: acknowledged data can be lost).
+    pub sync: String,
+    pub segment_bytes: u64,
+    pub max_pending_bytes: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Payments {
+    /// Uncaptured authorizations release their hold after this long.
+    pub hold_ttl_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Idempotency {
+    pub retention_secs: u64,
+    pub max_keys_per_shard: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mesh {
+    /// Slots in each ring between two shards.
+    pub ring_capacity: usize,
+    /// Requests one shard may have outstanding at another; past it, new work is shed (503).
+    pub max_in_flight_per_peer: usize,
+}
+
+#[derive(Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Secrets {
+    /// Admin bearer key; else COREPAY_ADMIN_KEY; else generated into data_dir/admin.key.
+    pub admin_key: String,
+    /// File holding the PAN HMAC key (64 hex); else COREPAY_PAN_KEY; else data_dir/pan.key.
+    pub pan_key_file: String,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secrets")
+            .field(
+                "admin_key",
+                &if self.admin_key.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("pan_key_file", &self.pan_key_file)
+            .finish()
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            shards: 0,
+            pin_cores: true,
+            cores: vec![],
+            data_dir: PathBuf::from("./data"),
+            drain_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: "127.0.0.1:8080".into(),
+            max_header_bytes: 8192,
+            max_headers: 32,
+            max_body_bytes: 64 * 1024,
+            request_timeout_ms: 5000,
+            idle_timeout_ms: 60_000,
+            max_connections_per_shard: 10_000,
+        }
+    }
+}
+
+impl Default for Operator {
+    fn default() -> Self {
+        Operator {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl Default for Wal {
+    fn default() -> Self {
+        Wal {
+            sync: "fdatasync".into(),
+            segment_bytes: 64 << 20,
+            max_pending_bytes: 8 << 20,
+        }
+    }
+}
+
+impl Default for Payments {
+    fn default() -> Self {
+        Payments {
+            hold_ttl_secs: 7 * 86_400,
+        }
+    }
+}
+
+impl Default for Idempotency {
+    fn default() -> Self {
+        Idempotency {
+            retention_secs: 86_400,
+            max_keys_per_shard: 1_000_000,
+        }
+    }
+}
+
+impl Default for Mesh {
+    fn default() -> Self {
+        Mesh {
+            ring_capacity: 4096,
+            max_in_flight_per_peer: 1024,
+        }
+    }
+}
+
+/// A configuration problem, printed as one line naming the key.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(key: &str, why: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {why}"))
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| bad(&path.display().to_string(), e))?;
+        Config::parse(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+            let msg = e.message().replace('\n', " ");
+            match line {
+                Some(l) => ConfigError(format!("line {l}: {msg}")),
+                None => ConfigError(msg),
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.shards as usize > crate::domain::SHARDS_MAX {
+            return Err(bad(
+                "server.shards",
+                format!("at most {}", crate::domain::SHARDS_MAX),
+            ));
+        }
+        self.http
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| bad("http.listen", e))?;
+        self.operator
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| bad("operator.listen", e))?;
+        if self.http.listen == self.operator.listen {
+            return Err(bad("operator.listen", "must differ from http.listen"));
+        }
+        if !(1024..=1 << 20).contains(&self.http.max_header_bytes) {
+            return Err(bad("http.max_header_bytes", "must be 1024..=1048576"));
+        }
+        if !(4..=256).contains(&self.http.max_headers) {
+            return Err(bad("http.max_headers", "must be 4..=256"));
+        }
+        if !(256..=16 << 20).contains(&self.http.max_body_bytes) {
+            return Err(bad("http.max_body_bytes", "must be 256..=16777216"));
+        }
+        if self.http.request_timeout_ms == 0 || self.http.idle_timeout_ms == 0 {
+            return Err(bad("http.request_timeout_ms", "timeouts must be > 0"));
+        }
+        if self.http.max_connections_per_shard == 0 {
+            return Err(bad("http.max_connections_per_shard", "must be > 0"));
+        }
+        self.sync_mode()?;
+        let block = crate::wal::BLOCK as u64;
+        if self.wal.segment_bytes % block != 0 || self.wal.segment_bytes < 16 * block.max(1 << 16) {
+            return Err(bad(
+                "wal.segment_bytes",
+                "must be a multiple of 4096 and at least 1 MiB",
+            ));
+        }
+        if self.wal.max_pending_bytes < crate::wal::RECORD_PAYLOAD_MAX * 2 {
+            return Err(bad(
+                "wal.max_pending_bytes",
+                "must hold at least two maximal records (128 KiB)",
+            ));
+        }
+        if self.payments.hold_ttl_secs == 0 {
+            return Err(bad("payments.hold_ttl_secs", "must be > 0"));
+        }
+        if self.idempotency.retention_secs < 86_400 {
+            return Err(bad(
+                "idempotency.retention_secs",
+                "must be at least 86400 (24 h)",
+            ));
+        }
+        if self.idempotency.max_keys_per_shard == 0 {
+            return Err(bad("idempotency.max_keys_per_shard", "must be > 0"));
+        }
+        if self.mesh.max_in_flight_per_peer == 0 {
+            return Err(bad("mesh.max_in_flight_per_peer", "must be > 0"));
+        }
+        // Calls and their replies, plus credits and acks, must always fit in a ring, so that a
+        // send never waits for a peer that is itself waiting: no deadlock between shards.
+        if self.mesh.ring_capacity < 4 * self.mesh.max_in_flight_per_peer {
+            return Err(bad(
+                "mesh.ring_capacity",
+                "must be at least 4 × mesh.max_in_flight_per_peer",
+            ));
+        }
+        if !self.secrets.admin_key.is_empty() && self.secrets.admin_key.len() < 16 {
+            return Err(bad("secrets.admin_key", "must be at least 16 characters"));
+        }
+        Ok(())
+    }
+
+    pub fn sync_mode(&self) -> Result<crate::wal::SyncMode, ConfigError> {
+        match self.wal.sync.as_str() {
+            "fdatasync" => Ok(crate::wal::SyncMode::Fdatasync),
+            "none" => Ok(crate::wal::SyncMode::None),
+            other => Err(bad(
+                "wal.sync",
+                format!("unknown mode {other:?}; expected \"fdatasync\" or \"none\""),
+            )),
+        }
+    }
+
+    /// The number of shards to run: the configured count, or one per available core.
+    pub fn shard_count(&self) -> u16 {
+        if self.server.shards > 0 {
+            return self.server.shards;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get().min(crate::domain::SHARDS_MAX) as u16)
+            .unwrap_or(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_file_parses_and_matches_the_embedded_default() {
+        let text = include_str!("../configs/corepay.toml");
+        let c = Config::parse(text).expect("configs/corepay.toml is valid");
+        let d = Config::default();
+        assert_eq!(c.http.listen, d.http.listen);
+        assert_eq!(c.wal.segment_bytes, d.wal.segment_bytes);
+        assert_eq!(c.mesh.ring_capacity, d.mesh.ring_capacity);
+        assert_eq!(c.idempotency.retention_secs, d.idempotency.retention_secs);
+        d.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_config_names_the_key_in_one_line() {
+        for (text, key) in [
+            ("[wal]\nsync = \"sometimes\"", "wal.sync"),
+            ("[http]\nlisten = \"nowhere\"", "http.listen"),
+            ("[wal]\nsegment_bytes = 1000", "wal.segment_bytes"),
+            (
+                "[idempotency]\nretention_secs = 60",
+                "idempotency.retention_secs",
+            ),
+            (
+                "[mesh]\nring_capacity = 8\nmax_in_flight_per_peer = 8",
+                "mesh.ring_capacity",
+            ),
+            ("[http]\nlisten = \"127.0.0.1:9464\"", "operator.listen"),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let err = Config::parse("[wal]\nsnyc = \"none\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("snyc") && err.contains("sync"), "{err}");
+        let err = Config::parse("[server]\nshards = \"two\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}

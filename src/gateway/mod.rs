@@ -1,0 +1,579 @@
+//! One shard's gateway: the ledger, its WAL, the idempotency index it owns, and the
+//! orchestration of operations that span shards.
+//!
+//! Owns: "log, apply, wait until durable, then answer", the cross-shard credit pump, and the
+//! merchant/admin operations (`service`). Never: names the runtime (timers and rings come from
+//! `crate::shard` through `Peers` and `tick`), parses wire formats, or knows SQL.
+
+pub mod idem_index;
+pub mod msg;
+pub mod service;
+
+use crate::domain::{Lsn, Millis, ShardId};
+use crate::gateway::idem_index::IdemIndex;
+use crate::gateway::msg::*;
+use crate::ledger::*;
+use crate::wal::{SegmentDir, WalWriter};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+
+/// How a shard reaches the others. Implemented over rings in `crate::shard::mesh`.
+pub trait Peers {
+    /// Sends `req` to shard `to` (never this shard) and waits for the answer.
+    /// `Reply::Unavailable` when the ring to `to` is full or the peer is gone.
+    fn call(&self, to: ShardId, req: Request) -> impl Future<Output = Reply>;
+    /// Sends without waiting for an answer; may drop the message when the ring is full
+    /// (used for credits and acks, which are re-sent until acknowledged).
+    fn post(&self, to: ShardId, req: Request);
+    /// Runs `fut` as a detached task on this shard.
+    fn spawn(&self, fut: std::pin::Pin<Box<dyn Future<Output = ()>>>);
+}
+
+/// Settings the gateway needs; the config module fills them.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub shard: ShardId,
+    pub shards: u16,
+    /// How long an uncaptured authorization holds funds.
+    pub hold_ttl_millis: u64,
+    pub idempotency_retention_millis: u64,
+    pub idempotency_max_keys: usize,
+    /// Un-acknowledged credits are re-sent after this long.
+    pub credit_resend_millis: u64,
+    /// Key of the card-number HMAC.
+    pub pan_key: crate::secrets::PanKey,
+    /// Only for the power-loss test that proves the test can catch it: answer before the
+    /// record is durable. Never set in production; the config file cannot set it.
+    #[doc(hidden)]
+    pub ack_before_durable: bool,
+}
+
+impl GatewayConfig {
+    pub fn for_tests(shard: ShardId, shards: u16) -> GatewayConfig {
+        GatewayConfig {
+            shard,
+            shards,
+            hold_ttl_millis: 7 * 86_400_000,
+            idempotency_retention_millis: 86_400_000,
+            idempotency_max_keys: 1_000_000,
+            credit_resend_millis: 500,
+            pan_key: crate::secrets::PanKey::from_hex(&"ab".repeat(32)).expect("valid hex"),
+            ack_before_durable: false,
+        }
+    }
+}
+
+/// Why an operation was not carried out (never a business decline).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceError {
+    /// Overloaded, shutting down, or the log is unavailable: 91 / 503.
+    Unavailable,
+    /// The idempotency key is in use by a request still running: 409.
+    IdempotencyInFlight,
+    /// The idempotency key was used with another body: 422.
+    IdempotencyMismatch,
+}
+
+pub struct Gateway<D: SegmentDir, P: Peers> {
+    pub config: GatewayConfig,
+    ledger: RefCell<Ledger>,
+    wal: WalWriter<D>,
+    peers: P,
+    idem: RefCell<IdemIndex>,
+    /// Cross-shard refunds reserved on this shard's payments and not yet credited back.
+    refund_reserved: RefCell<HashMap<u64, i64>>,
+    /// Highest credit seq posted per destination (reset to the acked level to re-send).
+    posted: RefCell<Vec<u64>>,
+    last_resend: Cell<u64>,
+    accepting: Cell<bool>,
+    clock: fn() -> Millis,
+    pub shed: Cell<u64>,
+    pub requests: Cell<u64>,
+}
+
+/// Wall-clock time in milliseconds: the production clock.
+pub fn system_clock() -> Millis {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    Millis(d.as_millis() as u64)
+}
+
+impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
+    pub fn new(
+        config: GatewayConfig,
+        ledger: Ledger,
+        wal: WalWriter<D>,
+        peers: P,
+        idem: IdemIndex,
+        clock: fn() -> Millis,
+    ) -> Rc<Self> {
+        assert_eq!(ledger.shard(), config.shard);
+        let shards = config.shards as usize;
+        Rc::new(Gateway {
+            config,
+            ledger: RefCell::new(ledger),
+            wal,
+            peers,
+            idem: RefCell::new(idem),
+            refund_reserved: RefCell::new(HashMap::new()),
+            posted: RefCell::new(vec![0; shards]),
+            last_resend: Cell::new(0),
+            accepting: Cell::new(true),
+            clock,
+            shed: Cell::new(0),
+            requests: Cell::new(0),
+        })
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.config.shard
+    }
+
+    pub fn now(&self) -> Millis {
+        (self.clock)()
+    }
+
+    pub fn peers(&self) -> &P {
+        &self.peers
+    }
+
+    pub fn wal(&self) -> &WalWriter<D> {
+        &self.wal
+    }
+
+    /// Read access for tests and tools (never held across an await).
+    pub fn with_ledger<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
+        f(&self.ledger.borrow())
+    }
+
+    /// Stop taking new work (SIGTERM): every later command answers `Unavailable`.
+    pub fn stop_accepting(&self) {
+        self.accepting.set(false);
+    }
+
+    // ---- the durability rule -----------------------------------------------------------
+
+    /// Logs `cmd`, applies it, and returns its outcome once the record is durable.
+    pub async fn execute(&self, cmd: Command) -> Result<Outcome, ServiceError> {
+        let (lsn, outcome) = self.log_and_apply(&cmd)?;
+        if !self.config.ack_before_durable {
+            self.wal
+                .wait_durable(lsn)
+                .await
+                .map_err(|_| ServiceError::Unavailable)?;
+        }
+        self.pump();
+        Ok(outcome)
+    }
+
+    /// Appends and applies without waiting: the caller waits (or, for internal bookkeeping
+    /// such as acks, lets the next batch carry it).
+    fn log_and_apply(&self, cmd: &Command) -> Result<(Lsn, Outcome), ServiceError> {
+        if !self.accepting.get()
+            && !matches!(
+                cmd,
+                Command::ApplyCredit { .. } | Command::AckCredits { .. }
+            )
+        {
+            return Err(ServiceError::Unavailable);
+        }
+        let bytes = postcard::to_stdvec(cmd).expect("commands always encode");
+        let lsn = match self
+            .wal
+            .append(RECORD_KIND_COMMAND, COMMAND_VERSION, &bytes)
+        {
+            Ok(lsn) => lsn,
+            Err(_) => {
+                self.shed.set(self.shed.get() + 1);
+                return Err(ServiceError::Unavailable);
+            }
+        };
+        let outcome = self.ledger.borrow_mut().apply(lsn, cmd);
+        Ok((lsn, outcome))
+    }
+
+    /// Waits until everything applied so far is durable, so a read never shows a change that
+    /// a crash could still take back.
+    pub async fn read_barrier(&self) -> Result<(), ServiceError> {
+        if self.config.ack_before_durable {
+            return Ok(());
+        }
+        let lsn = self.wal.last_lsn();
+        self.wal
+            .wait_durable(lsn)
+            .await
+            .map_err(|_| ServiceError::Unavailable)
+    }
+
+    // ---- requests from other shards (and from this one) --------------------------------
+
+    /// Calls shard `to`, locally without a ring when `to` is this shard.
+    pub async fn call(self: &Rc<Self>, to: ShardId, req: Request) -> Reply {
+        if to == self.shard() {
+            Box::pin(self.handle(req)).await
+        } else {
+            self.peers.call(to, req).await
+        }
+    }
+
+    /// Handles a message that must be processed in arrival order, synchronously (credits and
+    /// acks). Returns false when it is not such a message.
+    pub fn handle_in_order(self: &Rc<Self>, req: &Request) -> bool {
+        match req {
+            Request::Credit { from, seq, credit } => {
+                let (from, seq) = (*from, *seq);
+                let last = self.ledger.borrow().last_applied_from(from);
+                if seq <= last {
+                    self.peers.post(
+                        from,
+                        Request::CreditAck {
+                            from: self.shard(),
+                            seq: last,
+                        },
+                    );
+                    return true;
+                }
+                if seq != last + 1 {
+                    return true; // a gap: an earlier credit was dropped; the sender re-sends
+                }
+                let cmd = Command::ApplyCredit {
+                    from,
+                    seq,
+                    credit: credit.clone(),
+                };
+                let Ok((lsn, _)) = self.log_and_apply(&cmd) else {
+                    return true;
+                };
+                if let CreditPurpose::RefundReturn { payment_seq } = credit.purpose {
+                    let mut reserved = self.refund_reserved.borrow_mut();
+                    let r = reserved.entry(payment_seq).or_insert(0);
+                    *r = (*r - credit.amount).max(0);
+                    if *r == 0 {
+                        reserved.remove(&payment_seq);
+                    }
+                }
+                let this = self.clone();
+                self.peers.spawn(Box::pin(async move {
+                    if this.wal.wait_durable(lsn).await.is_ok() {
+                        this.peers.post(
+                            from,
+                            Request::CreditAck {
+                                from: this.shard(),
+                                seq,
+                            },
+                        );
+                    }
+                }));
+                true
+            }
+            Request::CreditAck { from, seq } => {
+                let _ = self.log_and_apply(&Command::AckCredits {
+                    to: *from,
+                    seq: *seq,
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Answers one request. Everything that changes state goes through `execute`.
+    pub async fn handle(self: &Rc<Self>, req: Request) -> Reply {
+        match req {
+            Request::Execute(cmd) => match self.execute(cmd).await {
+                Ok(o) => Reply::Outcome(o),
+                Err(_) => Reply::Unavailable,
+            },
+            Request::ReadAccount(id) => {
+                if self.read_barrier().await.is_err() {
+                    return Reply::Unavailable;
+                }
+                Reply::Account(self.ledger.borrow().account(id))
+            }
+            Request::ReadPayment(seq) => {
+                if self.read_barrier().await.is_err() {
+                    return Reply::Unavailable;
+                }
+                Reply::Payment(self.ledger.borrow().payment(seq).map(|p| p.view.clone()))
+            }
+            Request::CardLookup(hash) => {
+                if self.read_barrier().await.is_err() {
+                    return Reply::Unavailable;
+                }
+                Reply::Card(self.ledger.borrow().card_by_hash(&hash))
+            }
+            Request::MerchantAuth { id, key_hash } => {
+                let facts = self.merchant_facts(&id).filter(|_| {
+                    let ledger = self.ledger.borrow();
+                    let stored = ledger.merchant(&id).map(|m| m.key_hash);
+                    stored.is_some_and(|s| constant_time_eq(&s, &key_hash))
+                });
+                Reply::Merchant(facts)
+            }
+            Request::MerchantLookup(id) => Reply::Merchant(self.merchant_facts(&id)),
+            Request::IdemBegin { key, body, now } => {
+                Reply::Idem(self.idem.borrow_mut().begin(key, body, now))
+            }
+            Request::IdemEnd { key, owner } => {
+                self.idem.borrow_mut().end(key, owner);
+                Reply::Ack
+            }
+            Request::IdemFetch(key) => {
+                if self.read_barrier().await.is_err() {
+                    return Reply::Unavailable;
+                }
+                let ledger = self.ledger.borrow();
+                Reply::Outcome(match ledger.idempotency(&key) {
+                    Some(r) => r.outcome.clone(),
+                    None => Outcome::Rejected(Reject::PaymentNotFound),
+                })
+            }
+            Request::RefundPrepare {
+                seq,
+                merchant,
+                amount,
+                now,
+                idem,
+            } => Reply::Refund(self.refund_prepare(seq, merchant, amount, now, idem).await),
+            Request::RefundRelease { seq, amount } => {
+                let mut reserved = self.refund_reserved.borrow_mut();
+                if let Some(r) = reserved.get_mut(&seq) {
+                    *r -= amount;
+                    assert!(*r >= 0);
+                    if *r == 0 {
+                        reserved.remove(&seq);
+                    }
+                }
+                Reply::Ack
+            }
+            Request::Credit { .. } | Request::CreditAck { .. } => {
+                let handled = self.handle_in_order(&req);
+                assert!(handled);
+                Reply::Ack
+            }
+            Request::Stats => Reply::Stats(Box::new(self.stats())),
+            Request::Provision(p) => self.provision(p).await,
+        }
+    }
+
+    fn merchant_facts(&self, id: &MerchantId) -> Option<MerchantFacts> {
+        let ledger = self.ledger.borrow();
+        let m = ledger.merchant(id)?;
+        Some(MerchantFacts {
+            id: id.clone(),
+            settlement: m.settlement,
+            settlement_shard: crate::shard::routing::shard_of_account(
+                m.settlement,
+                self.config.shards,
+            ),
+            mcc: m.mcc,
+            status: m.status,
+        })
+    }
+
+    async fn refund_prepare(
+        &self,
+        seq: u64,
+        merchant: MerchantId,
+        amount: Option<i64>,
+        now: Millis,
+        idem: Option<IdemTag>,
+    ) -> RefundPlan {
+        let (settlement, settlement_shard, card_account, currency, remaining) = {
+            let ledger = self.ledger.borrow();
+            let Some(p) = ledger.payment(seq).filter(|p| p.view.merchant == merchant) else {
+                return RefundPlan::Rejected(Reject::PaymentNotFound);
+            };
+            let reserved = self
+                .refund_reserved
+                .borrow()
+                .get(&seq)
+                .copied()
+                .unwrap_or(0);
+            let remaining = p.view.amount_captured - p.view.amount_refunded - reserved;
+            (
+                p.settlement,
+                p.settlement_shard,
+                p.account,
+                p.view.currency,
+                remaining,
+            )
+        };
+        let amount = amount.unwrap_or(remaining);
+        let reserved = self
+            .refund_reserved
+            .borrow()
+            .get(&seq)
+            .copied()
+            .unwrap_or(0);
+        if let Err(r) = self
+            .ledger
+            .borrow()
+            .check_refund(seq, &merchant, amount, reserved)
+        {
+            return RefundPlan::Rejected(r);
+        }
+        if settlement_shard == self.shard() {
+            return match self
+                .execute(Command::RefundLocal {
+                    payment: seq,
+                    merchant,
+                    amount,
+                    now,
+                    idem,
+                })
+                .await
+            {
+                Ok(o) => RefundPlan::Done(o),
+                Err(_) => RefundPlan::Rejected(Reject::InvalidState),
+            };
+        }
+        let view = self
+            .ledger
+            .borrow()
+            .project_refund(seq, amount, reserved)
+            .expect("checked above");
+        *self.refund_reserved.borrow_mut().entry(seq).or_insert(0) += amount;
+        RefundPlan::Reserved {
+            settlement,
+            settlement_shard,
+            card_account: card_account.expect("captured payments have an account"),
+            amount,
+            currency,
+            view: Box::new(view),
+        }
+    }
+
+    // ---- cross-shard credits -----------------------------------------------------------
+
+    /// Posts every durable, not yet posted credit, in seq order per destination.
+    fn pump(&self) {
+        let durable = self.wal.durable_lsn();
+        let ledger = self.ledger.borrow();
+        let mut posted = self.posted.borrow_mut();
+        for (to, seq, lsn, credit) in ledger.outbox() {
+            if seq <= posted[to.index()] {
+                continue;
+            }
+            if lsn > durable && !self.config.ack_before_durable {
+                continue; // never let money leave before the debit is durable
+            }
+            posted[to.index()] = seq;
+            self.peers.post(
+                to,
+                Request::Credit {
+                    from: self.shard(),
+                    seq,
+                    credit: credit.clone(),
+                },
+            );
+        }
+    }
+
+    /// Periodic work, called by the shard's timer: expire holds, prune idempotency records,
+    /// re-send unacknowledged credits. Each change is an ordinary logged command.
+    pub async fn tick(self: &Rc<Self>) {
+        let now = self.now();
+        let due = self
+            .ledger
+            .borrow()
+            .next_hold_expiry()
+            .is_some_and(|at| at <= now);
+        if due && self.accepting.get() {
+            let _ = self.execute(Command::ExpireHolds { now }).await;
+        }
+        let retention = self.config.idempotency_retention_millis;
+        let before = Millis(now.0.saturating_sub(retention));
+        let stale = self
+            .ledger
+            .borrow()
+            .oldest_idempotency()
+            .is_some_and(|at| at < before);
+        if stale && self.accepting.get() {
+            let _ = self.execute(Command::PruneIdempotency { before }).await;
+        }
+        if now.0.saturating_sub(self.last_resend.get()) >= self.config.credit_resend_millis {
+            self.last_resend.set(now.0);
+            // Re-post from the oldest unacknowledged credit per destination.
+            let mut posted = self.posted.borrow_mut();
+            let ledger = self.ledger.borrow();
+            let mut oldest: HashMap<ShardId, u64> = HashMap::new();
+            for (to, seq, _, _) in ledger.outbox() {
+                oldest.entry(to).or_insert(seq);
+            }
+            for (to, seq) in oldest {
+                posted[to.index()] = seq - 1;
+            }
+        }
+        self.pump();
+    }
+
+    /// True when no credit is waiting for an acknowledgement (for draining at shutdown).
+    pub fn outbox_empty(&self) -> bool {
+        self.ledger.borrow().outbox().next().is_none()
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        let ledger = self.ledger.borrow();
+        let (accounts, cards, merchants, payments) = ledger.counts();
+        let wal = self.wal.stats();
+        let (latency, statuses) = crate::metrics::snapshot();
+        ShardStats {
+            shard: self.shard().0,
+            accounts,
+            cards,
+            merchants,
+            payments,
+            idempotency_records: ledger.idempotency_len(),
+            idempotency_index: self.idem.borrow().len(),
+            outbox: ledger.outbox().count(),
+            totals: ledger
+                .totals()
+                .iter()
+                .map(|(c, t)| (c.numeric(), t.accounts, t.treasury, t.sent, t.received))
+                .collect(),
+            wal_last_lsn: self.wal.last_lsn().0,
+            wal_durable_lsn: self.wal.durable_lsn().0,
+            wal_batches: wal.batches,
+            wal_records: wal.records,
+            wal_bytes: wal.bytes_written,
+            wal_sync_micros_sum: wal.sync_micros_sum,
+            wal_sync_micros_max: wal.sync_micros_max,
+            shed: self.shed.get(),
+            requests: self.requests.get(),
+            dropped_posts: 0,
+            latency,
+            statuses,
+        }
+    }
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Rebuilds every shard's idempotency index from the records held in all ledgers.
+pub fn rebuild_idem_indexes(
+    ledgers: &[Ledger],
+    retention_millis: u64,
+    max: usize,
+) -> Vec<IdemIndex> {
+    let shards = ledgers.len() as u16;
+    let mut indexes: Vec<IdemIndex> = (0..shards)
+        .map(|_| IdemIndex::new(retention_millis, max))
+        .collect();
+    for ledger in ledgers {
+        for (key, record) in ledger.idempotency_keys() {
+            let owner = crate::shard::routing::shard_of_key(key, shards);
+            indexes[owner.index()].restore(*key, record.body, record.at, ledger.shard());
+        }
+    }
+    for idx in &mut indexes {
+        idx.finish_restore();
+    }
+    indexes
+}

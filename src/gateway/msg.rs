@@ -1,0 +1,154 @@
+//! Messages between shards: owned, plain data, bounded in size by their fields.
+
+use crate::domain::{AccountId, Currency, Millis, ShardId};
+use crate::ledger::*;
+
+/// A request one shard makes of another (or of itself, without a ring).
+#[derive(Debug)]
+pub enum Request {
+    /// Log and apply a command; answer its outcome once durable.
+    Execute(Command),
+    ReadAccount(AccountId),
+    ReadPayment(u64),
+    CardLookup(CardHash),
+    /// Verify a merchant's API key hash at the merchant's home shard.
+    MerchantAuth {
+        id: MerchantId,
+        key_hash: [u8; 32],
+    },
+    /// Look up a merchant by id (admin paths, no key).
+    MerchantLookup(MerchantId),
+    /// At the key's owner: start using an idempotency key.
+    IdemBegin {
+        key: Hash16,
+        body: Hash16,
+        now: Millis,
+    },
+    /// At the key's owner: the guarded operation finished; `owner` holds its record.
+    IdemEnd {
+        key: Hash16,
+        owner: Option<ShardId>,
+    },
+    /// At the record's owner: the stored answer.
+    IdemFetch(Hash16),
+    /// At the payment's shard: reserve a cross-shard refund, or run a local one.
+    RefundPrepare {
+        seq: u64,
+        merchant: MerchantId,
+        amount: Option<i64>,
+        now: Millis,
+        idem: Option<IdemTag>,
+    },
+    /// At the payment's shard: a reserved refund was declined by the settlement side.
+    RefundRelease {
+        seq: u64,
+        amount: i64,
+    },
+    /// The `seq`-th cross-shard credit from `from` (re-sent until acknowledged).
+    Credit {
+        from: ShardId,
+        seq: u64,
+        credit: Credit,
+    },
+    /// `from` has durably applied every credit up to `seq` sent to the receiver.
+    CreditAck {
+        from: ShardId,
+        seq: u64,
+    },
+    /// Per-shard figures for /metrics and the conservation check.
+    Stats,
+    /// Bulk provisioning: create this shard's share of a range of accounts and cards.
+    Provision(Provision),
+}
+
+/// Bulk provisioning of accounts `first..first+count`, each with one card whose number is
+/// `card_number(bin, id)`.
+#[derive(Clone, Debug)]
+pub struct Provision {
+    pub first: u64,
+    pub count: u64,
+    pub currency: Currency,
+    pub balance: i64,
+    pub bin: String,
+    pub exp_month: u8,
+    pub exp_year: u16,
+}
+
+/// How the owner of an idempotency key answered `IdemBegin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdemBegin {
+    /// New key: go ahead, then send `IdemEnd`.
+    Proceed,
+    /// Same key, same body, finished: replay the record held at this shard.
+    Replay(ShardId),
+    /// Same key, still running.
+    InFlight,
+    /// Same key, another body.
+    Mismatch,
+    /// The index is full of unexpired keys.
+    Full,
+}
+
+/// The answer to a refund preparation.
+#[derive(Debug)]
+pub enum RefundPlan {
+    /// Settlement is on the payment's shard: the refund is done (or refused).
+    Done(Outcome),
+    /// Reserved: debit `settlement` at `settlement_shard`, then the credit comes back.
+    Reserved {
+        settlement: AccountId,
+        settlement_shard: ShardId,
+        card_account: AccountId,
+        amount: i64,
+        currency: Currency,
+        view: Box<PaymentView>,
+    },
+    Rejected(Reject),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ShardStats {
+    pub shard: u16,
+    pub accounts: usize,
+    pub cards: usize,
+    pub merchants: usize,
+    pub payments: usize,
+    pub idempotency_records: usize,
+    pub idempotency_index: usize,
+    pub outbox: usize,
+    /// (currency numeric, Σ balances, treasury, sent, received)
+    pub totals: Vec<(u16, i64, i64, i64, i64)>,
+    pub wal_last_lsn: u64,
+    pub wal_durable_lsn: u64,
+    pub wal_batches: u64,
+    pub wal_records: u64,
+    pub wal_bytes: u64,
+    pub wal_sync_micros_sum: u64,
+    pub wal_sync_micros_max: u64,
+    pub shed: u64,
+    pub requests: u64,
+    pub dropped_posts: u64,
+    pub latency: Vec<crate::metrics::LatencySummary>,
+    /// Responses by status class: [_, 1xx, 2xx, 3xx, 4xx, 5xx].
+    pub statuses: [u64; 6],
+}
+
+/// Every answer.
+#[derive(Debug)]
+pub enum Reply {
+    Outcome(Outcome),
+    Account(Option<AccountView>),
+    Payment(Option<PaymentView>),
+    Card(Option<CardFacts>),
+    Merchant(Option<MerchantFacts>),
+    Idem(IdemBegin),
+    Refund(RefundPlan),
+    Stats(Box<ShardStats>),
+    Provisioned {
+        accounts: u64,
+        cards: u64,
+    },
+    Ack,
+    /// The shard could not take the request (WAL back-pressure, shutting down, poisoned).
+    Unavailable,
+}

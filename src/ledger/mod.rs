@@ -1,0 +1,13 @@
+//! The pure, deterministic ledger and payment state machine.
+//!
+//! Owns: accounts, cards, merchants, payments, transfers, idempotency records, the outbox of
+//! cross-shard credits, and the rules that decide approvals and declines.
+//! Never: I/O, clocks, randomness, threads, or knowledge of wire protocols and storage.
+
+pub mod command;
+pub mod decline;
+pub mod state;
+
+pub use command::*;
+pub use decline::Decline;
+pub use state::Ledger;

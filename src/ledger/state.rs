@@ -1,0 +1,1030 @@
+//! The per-shard ledger: accounts, cards, merchants, payments, idempotency records and the
+//! cross-shard outbox, changed only by `Ledger::apply`.
+//!
+//! Pure and deterministic: no I/O, no clock, no randomness, no hashing of unordered maps into
+//! results. The same commands in the same order give the same state, which is what WAL replay
+//! and the simulation tests rely on. Invariants are asserted after every change.
+
+use crate::domain::{AccountId, Currency, Lsn, Millis, ShardId};
+use crate::ledger::command::*;
+use crate::ledger::decline::Decline;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub currency: Currency,
+    pub balance: i64,
+    pub held: i64,
+    pub floor: i64,
+    pub status: Status,
+    pub amount_limit: Option<i64>,
+    pub daily_count_limit: Option<u32>,
+    /// (day number, authorizations that day) for the frequency limit.
+    pub day_count: (u64, u32),
+}
+
+impl Account {
+    pub fn available(&self) -> i64 {
+        self.balance - self.held
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Card {
+    pub id: u64,
+    pub hash: CardHash,
+    pub account: AccountId,
+    pub bin: String,
+    pub last4: String,
+    pub exp_month: u8,
+    pub exp_year: u16,
+    pub status: Status,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Merchant {
+    pub key_hash: [u8; 32],
+    pub settlement: AccountId,
+    pub mcc: u16,
+    pub status: Status,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payment {
+    pub view: PaymentView,
+    /// The card account holding the funds (`None` for declines of unknown cards).
+    pub account: Option<AccountId>,
+    pub settlement: AccountId,
+    pub settlement_shard: ShardId,
+    pub expires_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdemRecord {
+    pub body: Hash16,
+    pub at: Millis,
+    pub outcome: Outcome,
+}
+
+/// Per-currency totals that make conservation checkable on one shard in O(1):
+/// Σ balances + treasury + sent − received == 0 at every moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CurrencyTotals {
+    pub accounts: i64,
+    pub treasury: i64,
+    pub sent: i64,
+    pub received: i64,
+}
+
+/// One shard's whole state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ledger {
+    shard: ShardId,
+    shards: u16,
+    accounts: HashMap<AccountId, Account>,
+    cards_by_hash: HashMap<CardHash, u64>,
+    cards: HashMap<u64, Card>,
+    next_card: u64,
+    merchants: HashMap<MerchantId, Merchant>,
+    payments: HashMap<u64, Payment>,
+    next_payment: u64,
+    /// Uncaptured authorizations by expiry.
+    holds: BTreeSet<(Millis, u64)>,
+    idem: HashMap<Hash16, IdemRecord>,
+    idem_order: VecDeque<(Millis, Hash16)>,
+    /// Credits sent to other shards and not yet acknowledged, by (destination, seq).
+    outbox: BTreeMap<(ShardId, u64), (Lsn, Credit)>,
+    next_out: Vec<u64>,
+    applied_in: Vec<u64>,
+    totals: BTreeMap<Currency, CurrencyTotals>,
+    transfers: HashMap<String, TransferView>,
+    last_now: Millis,
+}
+
+const DAY_MILLIS: u64 = 86_400_000;
+
+impl Ledger {
+    pub fn new(shard: ShardId, shards: u16) -> Ledger {
+        assert!(shards >= 1 && shard.0 < shards);
+        Ledger {
+            shard,
+            shards,
+            accounts: HashMap::new(),
+            cards_by_hash: HashMap::new(),
+            cards: HashMap::new(),
+            next_card: 1,
+            merchants: HashMap::new(),
+            payments: HashMap::new(),
+            next_payment: 1,
+            holds: BTreeSet::new(),
+            idem: HashMap::new(),
+            idem_order: VecDeque::new(),
+            outbox: BTreeMap::new(),
+            next_out: vec![1; shards as usize],
+            applied_in: vec![0; shards as usize],
+            totals: BTreeMap::new(),
+            transfers: HashMap::new(),
+            last_now: Millis(0),
+        }
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    // ---- reads -------------------------------------------------------------------------
+
+    pub fn account(&self, id: AccountId) -> Option<AccountView> {
+        self.accounts.get(&id).map(|a| view_account(id, a))
+    }
+
+    pub fn card_by_hash(&self, hash: &CardHash) -> Option<CardFacts> {
+        let card = &self.cards[self.cards_by_hash.get(hash)?];
+        Some(self.card_facts(card))
+    }
+
+    pub fn card(&self, id: u64) -> Option<CardFacts> {
+        self.cards.get(&id).map(|c| self.card_facts(c))
+    }
+
+    fn card_facts(&self, c: &Card) -> CardFacts {
+        CardFacts {
+            id: c.id,
+            home: self.shard,
+            account: c.account,
+            bin: c.bin.clone(),
+            last4: c.last4.clone(),
+            exp_month: c.exp_month,
+            exp_year: c.exp_year,
+            status: c.status,
+        }
+    }
+
+    pub fn merchant(&self, id: &MerchantId) -> Option<&Merchant> {
+        self.merchants.get(id)
+    }
+
+    pub fn payment(&self, seq: u64) -> Option<&Payment> {
+        self.payments.get(&seq)
+    }
+
+    pub fn idempotency(&self, key: &Hash16) -> Option<&IdemRecord> {
+        self.idem.get(key)
+    }
+
+    /// Every idempotency key recorded here, for rebuilding the key-owner index at start-up.
+    pub fn idempotency_keys(&self) -> impl Iterator<Item = (&Hash16, &IdemRecord)> {
+        self.idem.iter()
+    }
+
+    pub fn idempotency_len(&self) -> usize {
+        self.idem.len()
+    }
+
+    /// Credits not yet acknowledged, in (destination, seq) order, with the LSN that made each.
+    pub fn outbox(&self) -> impl Iterator<Item = (ShardId, u64, Lsn, &Credit)> {
+        self.outbox
+            .iter()
+            .map(|(&(to, seq), (lsn, c))| (to, seq, *lsn, c))
+    }
+
+    pub fn last_applied_from(&self, from: ShardId) -> u64 {
+        self.applied_in[from.index()]
+    }
+
+    pub fn totals(&self) -> &BTreeMap<Currency, CurrencyTotals> {
+        &self.totals
+    }
+
+    /// The next hold to expire, so the shard knows when to issue `ExpireHolds`.
+    pub fn next_hold_expiry(&self) -> Option<Millis> {
+        self.holds.iter().next().map(|&(at, _)| at)
+    }
+
+    pub fn oldest_idempotency(&self) -> Option<Millis> {
+        self.idem_order.front().map(|&(at, _)| at)
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        (
+            self.accounts.len(),
+            self.cards.len(),
+            self.merchants.len(),
+            self.payments.len(),
+        )
+    }
+
+    /// Σ of account balances per currency, recomputed from the accounts (for tests and
+    /// `reconcile`; the running totals must always agree with it).
+    pub fn balances_by_currency(&self) -> BTreeMap<Currency, i64> {
+        let mut sums = BTreeMap::new();
+        for a in self.accounts.values() {
+            *sums.entry(a.currency).or_insert(0) += a.balance;
+        }
+        sums
+    }
+
+    /// Amount that can still be refunded on a payment (captured − refunded).
+    pub fn refundable(&self, seq: u64) -> Option<i64> {
+        self.payments
+            .get(&seq)
+            .map(|p| p.view.amount_captured - p.view.amount_refunded)
+    }
+
+    // ---- the one way to change state ---------------------------------------------------
+
+    /// Applies one command (recorded at `lsn`) and returns its outcome.
+    pub fn apply(&mut self, lsn: Lsn, cmd: &Command) -> Outcome {
+        let outcome = match cmd {
+            Command::CreateAccount {
+                id,
+                currency,
+                initial,
+                floor,
+                amount_limit,
+                daily_count_limit,
+            } => self.create_account(
+                *id,
+                *currency,
+                *initial,
+                *floor,
+                *amount_limit,
+                *daily_count_limit,
+            ),
+            Command::SetAccountStatus { id, status } => match self.accounts.get_mut(id) {
+                Some(a) => {
+                    a.status = *status;
+                    Outcome::Account(view_account(*id, a))
+                }
+                None => Outcome::Rejected(Reject::AccountNotFound),
+            },
+            Command::CreateCard {
+                hash,
+                account,
+                bin,
+                last4,
+                exp_month,
+                exp_year,
+            } => self.create_card(hash, *account, bin, last4, *exp_month, *exp_year),
+            Command::SetCardStatus { id, status } => match self.cards.get_mut(id) {
+                Some(c) => {
+                    c.status = *status;
+                    Outcome::Card {
+                        id: c.id,
+                        account: c.account,
+                        bin: c.bin.clone(),
+                        last4: c.last4.clone(),
+                    }
+                }
+                None => Outcome::Rejected(Reject::CardNotFound),
+            },
+            Command::CreateMerchant {
+                id,
+                key_hash,
+                settlement,
+                mcc,
+            } => {
+                if self.merchants.contains_key(id) {
+                    Outcome::Rejected(Reject::MerchantExists)
+                } else {
+                    let m = Merchant {
+                        key_hash: *key_hash,
+                        settlement: *settlement,
+                        mcc: *mcc,
+                        status: Status::Active,
+                    };
+                    self.merchants.insert(id.clone(), m);
+                    Outcome::Merchant {
+                        id: id.clone(),
+                        settlement: *settlement,
+                        mcc: *mcc,
+                        status: Status::Active,
+                    }
+                }
+            }
+            Command::SetMerchantStatus { id, status } => match self.merchants.get_mut(id) {
+                Some(m) => {
+                    m.status = *status;
+                    Outcome::Merchant {
+                        id: id.clone(),
+                        settlement: m.settlement,
+                        mcc: m.mcc,
+                        status: m.status,
+                    }
+                }
+                None => Outcome::Rejected(Reject::MerchantNotFound),
+            },
+            Command::Authorize { .. } => self.authorize(lsn, cmd),
+            Command::Capture {
+                payment,
+                merchant,
+                amount,
+                now,
+                ..
+            } => self.capture(lsn, *payment, merchant, *amount, *now),
+            Command::Void {
+                payment, merchant, ..
+            } => self.void(*payment, merchant),
+            Command::RefundLocal {
+                payment,
+                merchant,
+                amount,
+                ..
+            } => self.refund_local(*payment, merchant, *amount),
+            Command::RefundDebit {
+                payment,
+                settlement,
+                card_account,
+                amount,
+                currency,
+                view,
+                ..
+            } => self.refund_debit(
+                lsn,
+                *payment,
+                *settlement,
+                *card_account,
+                *amount,
+                *currency,
+                view,
+            ),
+            Command::Transfer {
+                id,
+                from,
+                to,
+                to_shard,
+                amount,
+                currency,
+                now,
+                ..
+            } => self.transfer(lsn, id, *from, *to, *to_shard, *amount, *currency, *now),
+            Command::ApplyCredit { from, seq, credit } => self.apply_credit(*from, *seq, credit),
+            Command::AckCredits { to, seq } => {
+                let acked: Vec<_> = self
+                    .outbox
+                    .range((*to, 0)..=(*to, *seq))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in acked {
+                    self.outbox.remove(&k);
+                }
+                Outcome::Done
+            }
+            Command::ExpireHolds { now } => self.expire_holds(*now),
+            Command::PruneIdempotency { before } => {
+                while let Some(&(at, key)) = self.idem_order.front() {
+                    if at >= *before {
+                        break;
+                    }
+                    self.idem_order.pop_front();
+                    if self.idem.get(&key).is_some_and(|r| r.at == at) {
+                        self.idem.remove(&key);
+                    }
+                }
+                Outcome::Done
+            }
+        };
+        if let (Some(tag), Some(now)) = (command_idem(cmd), command_now(cmd)) {
+            if !matches!(outcome, Outcome::Rejected(_)) {
+                self.record_idem(tag, now, outcome.clone());
+            }
+        }
+        if let Some(now) = command_now(cmd) {
+            self.last_now = self.last_now.max(now);
+        }
+        self.check_invariants();
+        outcome
+    }
+
+    fn record_idem(&mut self, tag: IdemTag, now: Millis, outcome: Outcome) {
+        let previous = self.idem.insert(
+            tag.key,
+            IdemRecord {
+                body: tag.body,
+                at: now,
+                outcome,
+            },
+        );
+        assert!(previous.is_none() || previous.as_ref().is_some_and(|p| p.body == tag.body));
+        self.idem_order.push_back((now, tag.key));
+    }
+
+    fn create_account(
+        &mut self,
+        id: AccountId,
+        currency: Currency,
+        initial: i64,
+        floor: i64,
+        amount_limit: Option<i64>,
+        daily_count_limit: Option<u32>,
+    ) -> Outcome {
+        if self.accounts.contains_key(&id) {
+            return Outcome::Rejected(Reject::AccountExists);
+        }
+        assert!(initial >= 0 && floor <= initial, "validated by the caller");
+        let account = Account {
+            currency,
+            balance: initial,
+            held: 0,
+            floor,
+            status: Status::Active,
+            amount_limit,
+            daily_count_limit,
+            day_count: (0, 0),
+        };
+        let totals = self.totals.entry(currency).or_default();
+        totals.treasury -= initial;
+        totals.accounts += initial;
+        let view = view_account(id, &account);
+        self.accounts.insert(id, account);
+        Outcome::Account(view)
+    }
+
+    fn create_card(
+        &mut self,
+        hash: &CardHash,
+        account: AccountId,
+        bin: &str,
+        last4: &str,
+        exp_month: u8,
+        exp_year: u16,
+    ) -> Outcome {
+        if self.cards_by_hash.contains_key(hash) {
+            return Outcome::Rejected(Reject::CardExists);
+        }
+        let id = self.next_card * crate::domain::SHARDS_MAX as u64 + self.shard.0 as u64;
+        self.next_card += 1;
+        let card = Card {
+            id,
+            hash: *hash,
+            account,
+            bin: bin.to_string(),
+            last4: last4.to_string(),
+            exp_month,
+            exp_year,
+            status: Status::Active,
+        };
+        self.cards_by_hash.insert(*hash, id);
+        self.cards.insert(id, card);
+        Outcome::Card {
+            id,
+            account,
+            bin: bin.to_string(),
+            last4: last4.to_string(),
+        }
+    }
+
+    fn authorize(&mut self, lsn: Lsn, cmd: &Command) -> Outcome {
+        let Command::Authorize {
+            merchant,
+            card,
+            presented,
+            pre_decline,
+            amount,
+            currency,
+            capture,
+            reference,
+            now,
+            expires_at,
+            ..
+        } = cmd
+        else {
+            unreachable!()
+        };
+        let seq = self.next_payment;
+        self.next_payment += 1;
+        let id = PaymentRef {
+            shard: self.shard,
+            seq,
+        };
+        let account_id = card.as_ref().map(|c| c.account);
+        let decline = pre_decline.or_else(|| {
+            let card = card
+                .as_ref()
+                .expect("a card is present when there is no pre-decline");
+            self.authorization_decline(merchant, card, presented, *amount, *currency, *now)
+        });
+        let mut view = PaymentView {
+            id,
+            merchant: merchant.id.clone(),
+            status: PaymentStatus::Declined,
+            amount: *amount,
+            amount_captured: 0,
+            amount_refunded: 0,
+            currency: *currency,
+            bin: presented.bin.clone(),
+            last4: presented.last4.clone(),
+            approval_code: None,
+            decline,
+            reference: reference.clone(),
+            created_at: *now,
+        };
+        let mut sale = false;
+        if decline.is_none() {
+            let account_id = account_id.expect("approved payments have an account");
+            let account = self.accounts.get_mut(&account_id).expect("checked");
+            let day = now.0 / DAY_MILLIS;
+            account.day_count = if account.day_count.0 == day {
+                (day, account.day_count.1 + 1)
+            } else {
+                (day, 1)
+            };
+            view.approval_code = Some(approval_code(id));
+            if *capture {
+                account.balance -= amount;
+                view.status = PaymentStatus::Captured;
+                view.amount_captured = *amount;
+                sale = true;
+            } else {
+                account.held += amount;
+                view.status = PaymentStatus::Authorized;
+                self.holds.insert((*expires_at, seq));
+            }
+        }
+        let payment = Payment {
+            view: view.clone(),
+            account: account_id.filter(|_| decline.is_none()),
+            settlement: merchant.settlement,
+            settlement_shard: merchant.settlement_shard,
+            expires_at: *expires_at,
+        };
+        self.payments.insert(seq, payment);
+        if sale {
+            self.totals.entry(*currency).or_default().accounts -= amount;
+            self.settle(lsn, seq, *amount);
+        }
+        Outcome::Payment(Box::new(view))
+    }
+
+    /// Checks in precedence order; the first failing check is the decline.
+    fn authorization_decline(
+        &self,
+        merchant: &MerchantFacts,
+        card: &CardFacts,
+        presented: &PresentedCard,
+        amount: i64,
+        currency: Currency,
+        now: Millis,
+    ) -> Option<Decline> {
+        let Some(account) = self.accounts.get(&card.account) else {
+            return Some(Decline::InvalidCard);
+        };
+        if merchant.status != Status::Active {
+            return Some(Decline::NotPermittedMerchant);
+        }
+        if card.status != Status::Active {
+            return Some(Decline::RestrictedCard);
+        }
+        if (presented.exp_month, presented.exp_year) != (card.exp_month, card.exp_year)
+            || card_expired(card.exp_month, card.exp_year, now)
+        {
+            return Some(Decline::ExpiredCard);
+        }
+        match account.status {
+            Status::Active => {}
+            Status::Blocked => return Some(Decline::NotPermittedCardholder),
+            Status::Closed => return Some(Decline::DoNotHonour),
+        }
+        if account.currency != currency {
+            return Some(Decline::InvalidTransaction);
+        }
+        if account.amount_limit.is_some_and(|limit| amount > limit) {
+            return Some(Decline::ExceedsAmountLimit);
+        }
+        let today = now.0 / DAY_MILLIS;
+        if let Some(limit) = account.daily_count_limit {
+            let used = if account.day_count.0 == today {
+                account.day_count.1
+            } else {
+                0
+            };
+            if used >= limit {
+                return Some(Decline::ExceedsFrequency);
+            }
+        }
+        if account.available() - amount < account.floor {
+            return Some(Decline::InsufficientFunds);
+        }
+        None
+    }
+
+    /// Moves a captured amount to the merchant's settlement account, here or via the outbox.
+    /// The card account has already been debited and `totals.accounts` adjusted.
+    fn settle(&mut self, lsn: Lsn, seq: u64, amount: i64) {
+        let p = &self.payments[&seq];
+        let (to, to_shard, currency) = (p.settlement, p.settlement_shard, p.view.currency);
+        let purpose = CreditPurpose::Settlement {
+            payment: PaymentRef {
+                shard: self.shard,
+                seq,
+            },
+        };
+        self.send_credit(
+            lsn,
+            to_shard,
+            Credit {
+                account: to,
+                amount,
+                currency,
+                purpose,
+            },
+        );
+    }
+
+    /// Credits `credit` locally when its account lives here, else queues it in the outbox.
+    /// The debit side has already left `totals.accounts`.
+    fn send_credit(&mut self, lsn: Lsn, to_shard: ShardId, credit: Credit) {
+        if to_shard == self.shard {
+            let account = self
+                .accounts
+                .get_mut(&credit.account)
+                .expect("credited accounts exist");
+            assert_eq!(account.currency, credit.currency);
+            account.balance += credit.amount;
+            self.totals.entry(credit.currency).or_default().accounts += credit.amount;
+        } else {
+            let seq = self.next_out[to_shard.index()];
+            self.next_out[to_shard.index()] += 1;
+            self.totals.entry(credit.currency).or_default().sent += credit.amount;
+            self.outbox.insert((to_shard, seq), (lsn, credit));
+        }
+    }
+
+    fn payment_for(&mut self, seq: u64, merchant: &MerchantId) -> Result<&mut Payment, Reject> {
+        match self.payments.get_mut(&seq) {
+            Some(p) if &p.view.merchant == merchant => Ok(p),
+            _ => Err(Reject::PaymentNotFound),
+        }
+    }
+
+    fn capture(
+        &mut self,
+        lsn: Lsn,
+        seq: u64,
+        merchant: &MerchantId,
+        amount: Option<i64>,
+        _now: Millis,
+    ) -> Outcome {
+        let p = match self.payment_for(seq, merchant) {
+            Ok(p) => p,
+            Err(r) => return Outcome::Rejected(r),
+        };
+        if p.view.status != PaymentStatus::Authorized {
+            return Outcome::Rejected(Reject::InvalidState);
+        }
+        let amount = amount.unwrap_or(p.view.amount);
+        if amount > p.view.amount || amount <= 0 {
+            return Outcome::Rejected(Reject::AmountTooLarge);
+        }
+        let authorized = p.view.amount;
+        p.view.amount_captured = amount;
+        p.view.status = if amount == authorized {
+            PaymentStatus::Captured
+        } else {
+            PaymentStatus::PartiallyCaptured
+        };
+        let (account_id, currency, expires_at) = (
+            p.account.expect("authorized"),
+            p.view.currency,
+            p.expires_at,
+        );
+        let view = p.view.clone();
+        self.holds.remove(&(expires_at, seq));
+        let account = self
+            .accounts
+            .get_mut(&account_id)
+            .expect("payment accounts exist");
+        account.held -= authorized;
+        account.balance -= amount;
+        self.totals.entry(currency).or_default().accounts -= amount;
+        self.settle(lsn, seq, amount);
+        Outcome::Payment(Box::new(view))
+    }
+
+    fn void(&mut self, seq: u64, merchant: &MerchantId) -> Outcome {
+        let p = match self.payment_for(seq, merchant) {
+            Ok(p) => p,
+            Err(r) => return Outcome::Rejected(r),
+        };
+        if p.view.status != PaymentStatus::Authorized {
+            return Outcome::Rejected(Reject::InvalidState);
+        }
+        p.view.status = PaymentStatus::Voided;
+        let (account_id, amount, expires_at) =
+            (p.account.expect("authorized"), p.view.amount, p.expires_at);
+        let view = p.view.clone();
+        self.holds.remove(&(expires_at, seq));
+        self.accounts
+            .get_mut(&account_id)
+            .expect("payment accounts exist")
+            .held -= amount;
+        Outcome::Payment(Box::new(view))
+    }
+
+    /// Checks a refund against the payment without changing anything.
+    pub fn check_refund(
+        &self,
+        seq: u64,
+        merchant: &MerchantId,
+        amount: i64,
+        reserved: i64,
+    ) -> Result<(), Reject> {
+        let p = match self.payments.get(&seq) {
+            Some(p) if &p.view.merchant == merchant => p,
+            _ => return Err(Reject::PaymentNotFound),
+        };
+        let refundable_status = matches!(
+            p.view.status,
+            PaymentStatus::Captured
+                | PaymentStatus::PartiallyCaptured
+                | PaymentStatus::PartiallyRefunded
+        );
+        if !refundable_status {
+            return Err(Reject::InvalidState);
+        }
+        if amount <= 0 || amount > p.view.amount_captured - p.view.amount_refunded - reserved {
+            return Err(Reject::AmountTooLarge);
+        }
+        Ok(())
+    }
+
+    fn refund_local(&mut self, seq: u64, merchant: &MerchantId, amount: i64) -> Outcome {
+        if let Err(r) = self.check_refund(seq, merchant, amount, 0) {
+            return Outcome::Rejected(r);
+        }
+        let p = &self.payments[&seq];
+        assert_eq!(p.settlement_shard, self.shard);
+        let (settlement, card_account) = (
+            p.settlement,
+            p.account.expect("captured payments have an account"),
+        );
+        let s = &self.accounts[&settlement];
+        if s.available() - amount < s.floor {
+            return Outcome::Rejected(Reject::InsufficientFunds);
+        }
+        self.accounts.get_mut(&settlement).expect("exists").balance -= amount;
+        self.accounts
+            .get_mut(&card_account)
+            .expect("exists")
+            .balance += amount;
+        Outcome::Payment(Box::new(self.record_refund(seq, amount)))
+    }
+
+    fn record_refund(&mut self, seq: u64, amount: i64) -> PaymentView {
+        let p = self
+            .payments
+            .get_mut(&seq)
+            .expect("refunded payments exist");
+        p.view.amount_refunded += amount;
+        assert!(
+            p.view.amount_refunded <= p.view.amount_captured,
+            "Σ refunds ≤ captured"
+        );
+        p.view.status = if p.view.amount_refunded == p.view.amount_captured {
+            PaymentStatus::Refunded
+        } else {
+            PaymentStatus::PartiallyRefunded
+        };
+        p.view.clone()
+    }
+
+    /// What a payment will look like after a refund of `amount` (for the idempotent answer
+    /// of a cross-shard refund).
+    pub fn project_refund(&self, seq: u64, amount: i64, reserved: i64) -> Option<PaymentView> {
+        let p = self.payments.get(&seq)?;
+        let mut view = p.view.clone();
+        view.amount_refunded += reserved + amount;
+        view.status = if view.amount_refunded == view.amount_captured {
+            PaymentStatus::Refunded
+        } else {
+            PaymentStatus::PartiallyRefunded
+        };
+        Some(view)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn refund_debit(
+        &mut self,
+        lsn: Lsn,
+        payment: PaymentRef,
+        settlement: AccountId,
+        card_account: AccountId,
+        amount: i64,
+        currency: Currency,
+        view: &PaymentView,
+    ) -> Outcome {
+        let Some(s) = self.accounts.get_mut(&settlement) else {
+            return Outcome::Rejected(Reject::AccountNotFound);
+        };
+        if s.available() - amount < s.floor {
+            return Outcome::Rejected(Reject::InsufficientFunds);
+        }
+        assert_eq!(s.currency, currency);
+        s.balance -= amount;
+        self.totals.entry(currency).or_default().accounts -= amount;
+        let purpose = CreditPurpose::RefundReturn {
+            payment_seq: payment.seq,
+        };
+        self.send_credit(
+            lsn,
+            payment.shard,
+            Credit {
+                account: card_account,
+                amount,
+                currency,
+                purpose,
+            },
+        );
+        Outcome::Payment(Box::new(view.clone()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transfer(
+        &mut self,
+        lsn: Lsn,
+        id: &str,
+        from: AccountId,
+        to: AccountId,
+        to_shard: ShardId,
+        amount: i64,
+        currency: Currency,
+        now: Millis,
+    ) -> Outcome {
+        if let Some(existing) = self.transfers.get(id) {
+            return Outcome::Transfer(existing.clone());
+        }
+        if from == to {
+            return Outcome::Rejected(Reject::SameAccount);
+        }
+        let Some(a) = self.accounts.get_mut(&from) else {
+            return Outcome::Rejected(Reject::AccountNotFound);
+        };
+        if a.currency != currency {
+            return Outcome::Rejected(Reject::CurrencyMismatch);
+        }
+        if a.status != Status::Active {
+            return Outcome::Rejected(Reject::AccountNotActive);
+        }
+        if a.available() - amount < a.floor {
+            return Outcome::Rejected(Reject::InsufficientFunds);
+        }
+        if to_shard == self.shard
+            && self
+                .accounts
+                .get(&to)
+                .is_none_or(|t| t.currency != currency)
+        {
+            return Outcome::Rejected(Reject::AccountNotFound);
+        }
+        let a = self.accounts.get_mut(&from).expect("checked");
+        a.balance -= amount;
+        self.totals.entry(currency).or_default().accounts -= amount;
+        self.send_credit(
+            lsn,
+            to_shard,
+            Credit {
+                account: to,
+                amount,
+                currency,
+                purpose: CreditPurpose::Transfer,
+            },
+        );
+        let view = TransferView {
+            id: id.to_string(),
+            from,
+            to,
+            amount,
+            currency,
+            created_at: now,
+        };
+        self.transfers.insert(id.to_string(), view.clone());
+        Outcome::Transfer(view)
+    }
+
+    fn apply_credit(&mut self, from: ShardId, seq: u64, credit: &Credit) -> Outcome {
+        assert_ne!(from, self.shard, "local credits never travel");
+        let last = self.applied_in[from.index()];
+        if seq <= last {
+            return Outcome::Done; // a re-sent credit, already applied once
+        }
+        assert_eq!(seq, last + 1, "credits from one shard arrive in order");
+        self.applied_in[from.index()] = seq;
+        let account = self
+            .accounts
+            .get_mut(&credit.account)
+            .expect("credited accounts exist");
+        assert_eq!(account.currency, credit.currency);
+        account.balance += credit.amount;
+        let totals = self.totals.entry(credit.currency).or_default();
+        totals.accounts += credit.amount;
+        totals.received += credit.amount;
+        if let CreditPurpose::RefundReturn { payment_seq, .. } = credit.purpose {
+            self.record_refund(payment_seq, credit.amount);
+        }
+        Outcome::Done
+    }
+
+    fn expire_holds(&mut self, now: Millis) -> Outcome {
+        while let Some(&(at, seq)) = self.holds.iter().next() {
+            if at > now {
+                break;
+            }
+            self.holds.remove(&(at, seq));
+            let p = self.payments.get_mut(&seq).expect("holds name payments");
+            assert_eq!(p.view.status, PaymentStatus::Authorized);
+            p.view.status = PaymentStatus::Expired;
+            let (account, amount) = (p.account.expect("authorized"), p.view.amount);
+            self.accounts.get_mut(&account).expect("exists").held -= amount;
+        }
+        Outcome::Done
+    }
+
+    /// Cheap invariants after every change; the full sums run under `cfg(debug_assertions)`.
+    fn check_invariants(&self) {
+        for t in self.totals.values() {
+            assert_eq!(
+                t.accounts + t.treasury + t.sent - t.received,
+                0,
+                "conservation on one shard"
+            );
+        }
+        if cfg!(debug_assertions) && self.accounts.len() <= 10_000 {
+            for (currency, sum) in self.balances_by_currency() {
+                assert_eq!(
+                    self.totals[&currency].accounts, sum,
+                    "running totals match the accounts"
+                );
+            }
+            for a in self.accounts.values() {
+                assert!(a.held >= 0, "holds are never negative");
+            }
+        }
+    }
+}
+
+fn view_account(id: AccountId, a: &Account) -> AccountView {
+    AccountView {
+        id,
+        currency: a.currency,
+        balance: a.balance,
+        held: a.held,
+        floor: a.floor,
+        status: a.status,
+    }
+}
+
+/// A six-character approval code derived from the payment's id: deterministic, so replay and
+/// idempotent answers agree.
+fn approval_code(id: PaymentRef) -> String {
+    let mut x = (id.seq << 8) ^ id.shard.0 as u64;
+    x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 29;
+    const DIGITS: &[u8] = b"0123456789ABCDEFGHJKLMNPQRSTUVWXYZ";
+    (0..6)
+        .map(|i| DIGITS[((x >> (i * 6)) % DIGITS.len() as u64) as usize] as char)
+        .collect()
+}
+
+fn command_idem(cmd: &Command) -> Option<IdemTag> {
+    match cmd {
+        Command::Authorize { idem, .. }
+        | Command::Capture { idem, .. }
+        | Command::Void { idem, .. }
+        | Command::RefundLocal { idem, .. }
+        | Command::RefundDebit { idem, .. }
+        | Command::Transfer { idem, .. } => *idem,
+        _ => None,
+    }
+}
+
+fn command_now(cmd: &Command) -> Option<Millis> {
+    match cmd {
+        Command::Authorize { now, .. }
+        | Command::Capture { now, .. }
+        | Command::Void { now, .. }
+        | Command::RefundLocal { now, .. }
+        | Command::RefundDebit { now, .. }
+        | Command::Transfer { now, .. }
+        | Command::ExpireHolds { now } => Some(*now),
+        _ => None,
+    }
+}
+
+/// True when the card's expiry month (MM/YYYY, valid through its last day) is before `now`.
+pub fn card_expired(exp_month: u8, exp_year: u16, now: Millis) -> bool {
+    let (year, month) = year_month(now);
+    (exp_year as u32, exp_month as u32) < (year, month)
+}
+
+/// Civil (year, month) in UTC of a Unix time in milliseconds (Howard Hinnant's algorithm).
+pub fn year_month(now: Millis) -> (u32, u32) {
+    let days = (now.0 / DAY_MILLIS) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let doe = days - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
+    (year as u32, month as u32)
+}

@@ -1,0 +1,14 @@
+//! corepay: a thread-per-core payment gateway. See ARCHITECTURE.md for the map.
+//!
+//! `main.rs` only wires these modules together.
+
+pub mod config;
+pub mod domain;
+pub mod gateway;
+pub mod http;
+pub mod ledger;
+pub mod logline;
+pub mod metrics;
+pub mod secrets;
+pub mod shard;
+pub mod wal;

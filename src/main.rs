@@ -1,0 +1,133 @@
+//! The `corepay` binary: parses the command line and wires the modules. Nothing else.
+
+use corepay::config::Config;
+use corepay::shard::server::{decode_command, serve};
+use corepay::wal::{dump_records, verify, FsSource};
+use mimalloc::MiMalloc;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+const USAGE: &str = "\
+usage:
+  corepay serve [--config FILE]   run the gateway (embedded default: ./data, HTTP 127.0.0.1:8080,
+                                  operator 127.0.0.1:9464)
+  corepay check-config FILE       validate a configuration file
+  corepay wal verify DIR          check every WAL under DIR (a data dir or one shard's wal dir)
+  corepay wal dump DIR            print every record under DIR, one per line
+  corepay --version";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["serve"] => run_serve(None),
+        ["serve", "--config", file] | ["serve", "-c", file] => run_serve(Some(Path::new(file))),
+        ["check-config", file] => Config::load(Path::new(file))
+            .map(|_| println!("{file}: ok"))
+            .map_err(|e| e.to_string()),
+        ["wal", "verify", dir] => wal_verify(Path::new(dir)),
+        ["wal", "dump", dir] => wal_dump(Path::new(dir)),
+        ["--version"] | ["-V"] => {
+            println!("corepay {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        ["--help"] | ["-h"] | ["help"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("corepay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_serve(file: Option<&Path>) -> Result<(), String> {
+    let config = match file {
+        Some(f) => Config::load(f).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    serve(config).map_err(|e| e.to_string())
+}
+
+/// The WAL directories under `dir`: `dir/shard-K/wal` for a data directory, else `dir`.
+fn wal_dirs(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut shards: Vec<(u16, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let k = name.strip_prefix("shard-")?.parse().ok()?;
+            Some((k, e.path().join("wal")))
+        })
+        .collect();
+    shards.sort();
+    if shards.is_empty() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    Ok(shards.into_iter().map(|(_, p)| p).collect())
+}
+
+fn wal_verify(dir: &Path) -> Result<(), String> {
+    let mut failed = false;
+    for wal in wal_dirs(dir)? {
+        match verify(&FsSource::new(&wal)) {
+            Ok(r) => println!(
+                "{}: ok: {} segments, {} batches, {} records, lsn {}..{}, torn tail {} bytes",
+                wal.display(),
+                r.segments,
+                r.batches,
+                r.records,
+                r.first_lsn.map_or(0, |l| l.0),
+                r.last_lsn.map_or(0, |l| l.0),
+                r.torn_tail_bytes
+            ),
+            Err(e) => {
+                failed = true;
+                println!("{}: CORRUPT: {e}", wal.display());
+            }
+        }
+    }
+    if failed {
+        Err("corruption found; the gateway will refuse to start on it. Keep a copy of the directory, \
+             then restore the shard from a replica or truncate the segment at the offset named above"
+            .into())
+    } else {
+        Ok(())
+    }
+}
+
+fn wal_dump(dir: &Path) -> Result<(), String> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for wal in wal_dirs(dir)? {
+        dump_records(
+            &FsSource::new(&wal),
+            |segment, offset, lsn, kind, version, payload| {
+                let text = match decode_command(kind, version, payload) {
+                    Ok(cmd) => format!("{cmd:?}"),
+                    Err(e) => format!("<{e}>"),
+                };
+                let _ = writeln!(
+                    out,
+                    "{} {segment}@{offset} lsn={} {text}",
+                    wal.display(),
+                    lsn.0
+                );
+            },
+        )
+        .map_err(|e| format!("{}: {e}", wal.display()))?;
+    }
+    out.flush().map_err(|e| e.to_string())
+}

@@ -1,0 +1,176 @@
+//! Per-shard latency histograms and counters, and the Prometheus text rendering.
+//!
+//! Each shard records into its own thread-local histograms (no sharing, no locks); /metrics
+//! gathers percentile summaries from every shard over the mesh.
+
+use hdrhistogram::Histogram;
+use std::cell::RefCell;
+
+/// The endpoints measured separately.
+pub const ENDPOINTS: [&str; 8] = [
+    "payments_create",
+    "payments_get",
+    "payments_capture",
+    "payments_void",
+    "payments_refund",
+    "admin",
+    "other",
+    "error",
+];
+
+/// Slowest latency recorded exactly (60 s); slower ones are clamped.
+const LATENCY_MAX_MICROS: u64 = 60_000_000;
+
+pub struct ShardMetrics {
+    latency: Vec<Histogram<u64>>,
+    statuses: [u64; 6],
+}
+
+thread_local! {
+    static METRICS: RefCell<ShardMetrics> = RefCell::new(ShardMetrics {
+        latency: ENDPOINTS
+            .iter()
+            .map(|_| Histogram::new_with_bounds(1, LATENCY_MAX_MICROS, 3).expect("valid bounds"))
+            .collect(),
+        statuses: [0; 6],
+    });
+}
+
+/// Which endpoint a request path and method belong to.
+pub fn classify(post: bool, path: &str) -> usize {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match (post, segs.as_slice()) {
+        (true, ["v1", "payments"]) => 0,
+        (false, ["v1", "payments", _]) => 1,
+        (true, ["v1", "payments", _, "capture"]) => 2,
+        (true, ["v1", "payments", _, "void"]) => 3,
+        (true, ["v1", "payments", _, "refunds"]) => 4,
+        (
+            _,
+            ["v1", "accounts" | "cards" | "merchants" | "transfers" | "ledger" | "provision", ..],
+        ) => 5,
+        _ => 6,
+    }
+}
+
+pub fn record(endpoint: usize, status: u16, micros: u64) {
+    METRICS.with(|m| {
+        let mut m = m.borrow_mut();
+        m.latency[endpoint].saturating_record(micros.clamp(1, LATENCY_MAX_MICROS));
+        let class = (status / 100).clamp(1, 5) as usize;
+        m.statuses[class] += 1;
+    });
+}
+
+/// (endpoint, count, p50, p90, p99, p99.9, max) in microseconds.
+pub type LatencySummary = (&'static str, u64, u64, u64, u64, u64, u64);
+
+pub fn snapshot() -> (Vec<LatencySummary>, [u64; 6]) {
+    METRICS.with(|m| {
+        let m = m.borrow();
+        let lat = ENDPOINTS
+            .iter()
+            .zip(&m.latency)
+            .map(|(name, h)| {
+                let q = |p: f64| h.value_at_quantile(p);
+                (*name, h.len(), q(0.5), q(0.9), q(0.99), q(0.999), h.max())
+            })
+            .collect();
+        (lat, m.statuses)
+    })
+}
+
+/// Renders every shard's figures as Prometheus text exposition.
+pub fn render(stats: &[crate::gateway::msg::ShardStats]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(4096);
+    let mut gauge =
+        |name: &str, help: &str, f: &dyn Fn(&crate::gateway::msg::ShardStats) -> u64| {
+            let _ = writeln!(
+                out,
+                "# HELP corepay_{name} {help}\n# TYPE corepay_{name} gauge"
+            );
+            for s in stats {
+                let _ = writeln!(out, "corepay_{name}{{shard=\"{}\"}} {}", s.shard, f(s));
+            }
+        };
+    gauge("accounts", "Accounts owned by the shard.", &|s| {
+        s.accounts as u64
+    });
+    gauge("cards", "Cards homed on the shard.", &|s| s.cards as u64);
+    gauge("payments", "Payments owned by the shard.", &|s| {
+        s.payments as u64
+    });
+    gauge("idempotency_records", "Idempotency records held.", &|s| {
+        s.idempotency_records as u64
+    });
+    gauge(
+        "idempotency_index_keys",
+        "Idempotency keys indexed.",
+        &|s| s.idempotency_index as u64,
+    );
+    gauge(
+        "outbox_credits",
+        "Cross-shard credits awaiting acknowledgement.",
+        &|s| s.outbox as u64,
+    );
+    gauge("wal_last_lsn", "Last LSN appended.", &|s| s.wal_last_lsn);
+    gauge("wal_durable_lsn", "Last LSN durable.", &|s| {
+        s.wal_durable_lsn
+    });
+    gauge("wal_batches_total", "Group-commit batches written.", &|s| {
+        s.wal_batches
+    });
+    gauge("wal_records_total", "Records written.", &|s| s.wal_records);
+    gauge("wal_bytes_total", "Bytes written to the WAL.", &|s| {
+        s.wal_bytes
+    });
+    gauge("wal_sync_micros_total", "Time spent in fdatasync.", &|s| {
+        s.wal_sync_micros_sum
+    });
+    gauge("wal_sync_micros_max", "Slowest fdatasync.", &|s| {
+        s.wal_sync_micros_max
+    });
+    gauge("shed_total", "Requests shed (503 / 91).", &|s| s.shed);
+    gauge("http_requests_total", "HTTP requests handled.", &|s| {
+        s.requests
+    });
+    let _ = writeln!(
+        out,
+        "# HELP corepay_http_latency_micros HTTP latency percentiles per endpoint."
+    );
+    let _ = writeln!(out, "# TYPE corepay_http_latency_micros summary");
+    for s in stats {
+        for &(name, count, p50, p90, p99, p999, max) in &s.latency {
+            if count == 0 {
+                continue;
+            }
+            for (q, v) in [
+                ("0.5", p50),
+                ("0.9", p90),
+                ("0.99", p99),
+                ("0.999", p999),
+                ("1", max),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "corepay_http_latency_micros{{shard=\"{}\",endpoint=\"{name}\",quantile=\"{q}\"}} {v}",
+                    s.shard
+                );
+            }
+            let _ = writeln!(
+                out,
+                "corepay_http_latency_micros_count{{shard=\"{}\",endpoint=\"{name}\"}} {count}",
+                s.shard
+            );
+        }
+        for (class, n) in s.statuses.iter().enumerate().skip(1) {
+            let _ = writeln!(
+                out,
+                "corepay_http_responses_total{{shard=\"{}\",class=\"{class}xx\"}} {n}",
+                s.shard
+            );
+        }
+    }
+    out
+}

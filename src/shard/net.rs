@@ -1,0 +1,248 @@
+//! Listeners and connections: the HTTP API on every shard (SO_REUSEPORT), the operator
+//! endpoint on shard 0, time limits, and connection limits.
+
+use crate::config;
+use crate::gateway::{Gateway, Peers};
+use crate::http::api::{Api, Response};
+use crate::http::wire::{self, Limits, Method, RequestReader, WireError};
+use crate::metrics;
+use crate::wal::SegmentDir;
+use futures_lite::AsyncWriteExt;
+use glommio::net::{TcpListener, TcpStream};
+use std::cell::Cell;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Runs `f` for at most `limit`; None when the time ran out.
+async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(f.await) }, async {
+        glommio::timer::sleep(limit).await;
+        None
+    })
+    .await
+}
+
+struct ConnState {
+    stopped: Cell<bool>,
+    connections: Cell<usize>,
+    active: Cell<usize>,
+}
+
+pub struct HttpServer {
+    state: Rc<ConnState>,
+    task: glommio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    pub fn bind<D: SegmentDir + 'static, P: Peers + 'static>(
+        cfg: &config::Http,
+        api: Rc<Api<D, P>>,
+    ) -> std::io::Result<HttpServer> {
+        let listener = TcpListener::bind(cfg.listen.as_str())?;
+        let state = Rc::new(ConnState {
+            stopped: Cell::new(false),
+            connections: Cell::new(0),
+            active: Cell::new(0),
+        });
+        let limits = Limits {
+            max_header_bytes: cfg.max_header_bytes,
+            max_headers: cfg.max_headers,
+            max_body_bytes: cfg.max_body_bytes,
+        };
+        let request_timeout = Duration::from_millis(cfg.request_timeout_ms);
+        let idle_timeout = Duration::from_millis(cfg.idle_timeout_ms);
+        let max_connections = cfg.max_connections_per_shard;
+        let st = state.clone();
+        let task = glommio::spawn_local(async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                if st.stopped.get() {
+                    break;
+                }
+                if st.connections.get() >= max_connections {
+                    drop(stream); // over the limit: close at once
+                    continue;
+                }
+                st.connections.set(st.connections.get() + 1);
+                let (api, st2) = (api.clone(), st.clone());
+                glommio::spawn_local(async move {
+                    connection(stream, &api, limits, request_timeout, idle_timeout, &st2).await;
+                    st2.connections.set(st2.connections.get() - 1);
+                })
+                .detach();
+            }
+        })
+        .detach();
+        Ok(HttpServer { state, task })
+    }
+
+    /// Stops accepting; open connections finish their current request.
+    pub fn stop(&self) {
+        self.state.stopped.set(true);
+        self.task.cancel();
+    }
+
+    pub fn active_requests(&self) -> usize {
+        self.state.active.get()
+    }
+}
+
+async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
+    stream: TcpStream,
+    api: &Api<D, P>,
+    limits: Limits,
+    request_timeout: Duration,
+    idle_timeout: Duration,
+    state: &ConnState,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut reader = RequestReader::new(stream, limits);
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        if !reader.has_buffered() {
+            // Idle: wait for the first byte of the next request.
+            let mut probe = [0u8; 1];
+            match within(idle_timeout, reader.get_mut().peek(&mut probe)).await {
+                Some(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+        let request = match within(request_timeout, reader.next()).await {
+            None => {
+                let r = Response::error(
+                    408,
+                    "invalid_request_error",
+                    "request_timeout",
+                    "The request took too long to arrive.",
+                    None,
+                );
+                write_api_response(&mut out, &r, false);
+                let _ = reader.get_mut().write_all(&out).await;
+                return;
+            }
+            Some(Err(WireError::Closed)) | Some(Err(WireError::Io(_))) => return,
+            Some(Err(e)) => {
+                let r = Response::error(
+                    e.status(),
+                    "invalid_request_error",
+                    "malformed_request",
+                    &e.to_string(),
+                    None,
+                );
+                write_api_response(&mut out, &r, false);
+                metrics::record(7, e.status(), 1);
+                let _ = reader.get_mut().write_all(&out).await;
+                return;
+            }
+            Some(Ok(r)) => r,
+        };
+        let started = Instant::now();
+        state.active.set(state.active.get() + 1);
+        let response = api.handle(&request).await;
+        state.active.set(state.active.get() - 1);
+        let keep_alive = request.keep_alive && !state.stopped.get();
+        write_api_response(&mut out, &response, keep_alive);
+        let endpoint = metrics::classify(request.method == Method::Post, &request.path);
+        metrics::record(
+            endpoint,
+            response.status,
+            started.elapsed().as_micros() as u64,
+        );
+        // Pipelined requests already buffered are answered in one write.
+        if !keep_alive || !reader.has_buffered() || out.len() > 64 * 1024 {
+            if reader.get_mut().write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if !keep_alive {
+            let _ = reader.get_mut().close().await;
+            return;
+        }
+    }
+}
+
+fn write_api_response(out: &mut Vec<u8>, r: &Response, keep_alive: bool) {
+    let retry;
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(3);
+    if r.replayed {
+        headers.push(("idempotent-replayed", "true"));
+    }
+    if let Some(secs) = r.retry_after {
+        retry = secs.to_string();
+        headers.push(("retry-after", &retry));
+    }
+    if let Some(allow) = r.allow {
+        headers.push(("allow", allow));
+    }
+    wire::write_response(
+        out,
+        r.status,
+        &headers,
+        "application/json",
+        &r.body,
+        keep_alive,
+    );
+}
+
+/// `/metrics`, `/healthz`, `/readyz` on shard 0.
+pub struct OperatorServer {
+    task: glommio::task::JoinHandle<()>,
+}
+
+impl Drop for OperatorServer {
+    fn drop(&mut self) {
+        self.task.cancel();
+    }
+}
+
+impl OperatorServer {
+    pub fn bind<D: SegmentDir + 'static, P: Peers + 'static>(
+        listen: &str,
+        gateway: Rc<Gateway<D, P>>,
+        ready: Box<dyn Fn() -> bool>,
+    ) -> std::io::Result<OperatorServer> {
+        let listener = TcpListener::bind(listen)?;
+        let ready: Rc<dyn Fn() -> bool> = Rc::from(ready);
+        let task = glommio::spawn_local(async move {
+            while let Ok(stream) = listener.accept().await {
+                let (gateway, ready) = (gateway.clone(), ready.clone());
+                glommio::spawn_local(async move {
+                    let mut reader = RequestReader::new(stream, Limits::default());
+                    let Some(Ok(req)) = within(Duration::from_secs(5), reader.next()).await else {
+                        return;
+                    };
+                    let (status, body) = match req.path.as_str() {
+                        "/healthz" => (200, "ok\n".to_string()),
+                        "/readyz" if ready() => (200, "ready\n".to_string()),
+                        "/readyz" => (503, "starting\n".to_string()),
+                        "/metrics" => match gateway.all_stats().await {
+                            Ok(stats) => (200, crate::metrics::render(&stats)),
+                            Err(_) => (503, "unavailable\n".to_string()),
+                        },
+                        _ => (404, "not found\n".to_string()),
+                    };
+                    let mut out = Vec::new();
+                    let ct = if req.path == "/metrics" {
+                        "text/plain; version=0.0.4"
+                    } else {
+                        "text/plain"
+                    };
+                    wire::write_response(&mut out, status, &[], ct, body.as_bytes(), false);
+                    let _ = reader.get_mut().write_all(&out).await;
+                    let _ = reader.get_mut().close().await;
+                })
+                .detach();
+            }
+        })
+        .detach();
+        Ok(OperatorServer { task })
+    }
+}

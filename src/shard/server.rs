@@ -1,0 +1,434 @@
+//! Start-up, the per-shard main loop, and shutdown.
+//!
+//! Start-up is all-or-nothing: lock the data directory, check the recorded shard count,
+//! recover every shard's ledger from its WAL (single-threaded, before any executor runs),
+//! rebuild the idempotency indexes, start one executor per shard, deliver every cross-shard
+//! credit still in flight, and only then open the listeners.
+
+use crate::config::Config;
+use crate::domain::{Lsn, ShardId};
+use crate::gateway::idem_index::IdemIndex;
+use crate::gateway::{rebuild_idem_indexes, system_clock, Gateway, GatewayConfig};
+use crate::http::api::Api;
+use crate::ledger::{Command, Ledger, COMMAND_VERSION, RECORD_KIND_COMMAND};
+use crate::secrets::PanKey;
+use crate::shard::disk::DmaSegmentDir;
+use crate::shard::mesh::{start_receivers, Envelope, MeshPeers};
+use crate::shard::net;
+use crate::wal::{recover, FsSource, Recovered, SyncMode, WalConfig, WalWriter};
+use crate::{error, info, warn};
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why the gateway would not start, in one line.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// How often each shard runs its housekeeping (`Gateway::tick`) and checks for shutdown.
+const TICK: Duration = Duration::from_millis(20);
+/// How long start-up waits for in-flight credits to be delivered.
+const STARTUP_DRAIN: Duration = Duration::from_secs(30);
+/// Exit code when the WAL is poisoned (a failed write or fdatasync).
+pub const EXIT_WAL_POISONED: i32 = 70;
+
+pub fn shard_wal_dir(data_dir: &Path, shard: u16) -> PathBuf {
+    data_dir.join(format!("shard-{shard}")).join("wal")
+}
+
+/// Decodes one WAL record into a command.
+pub fn decode_command(kind: u8, version: u8, payload: &[u8]) -> Result<Command, String> {
+    if kind != RECORD_KIND_COMMAND || version != COMMAND_VERSION {
+        return Err(format!("unknown record kind {kind} version {version}"));
+    }
+    postcard::from_bytes(payload).map_err(|e| format!("undecodable command: {e}"))
+}
+
+/// Replays one shard's WAL into a fresh ledger.
+pub fn recover_shard(
+    data_dir: &Path,
+    shard: u16,
+    shards: u16,
+) -> Result<(Ledger, Recovered), StartError> {
+    let dir = shard_wal_dir(data_dir, shard);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| StartError(format!("cannot create {}: {e}", dir.display())))?;
+    let mut ledger = Ledger::new(ShardId(shard), shards);
+    let mut bad: Option<(Lsn, String)> = None;
+    let recovered = recover(&FsSource::new(&dir), |lsn, kind, version, payload| {
+        if bad.is_some() {
+            return;
+        }
+        match decode_command(kind, version, payload) {
+            Ok(cmd) => {
+                ledger.apply(lsn, &cmd);
+            }
+            Err(e) => bad = Some((lsn, e)),
+        }
+    })
+    .map_err(|e| {
+        StartError(format!(
+            "shard {shard}: {e}; inspect with `corepay wal verify {}`",
+            dir.display()
+        ))
+    })?;
+    if let Some((lsn, e)) = bad {
+        return Err(StartError(format!(
+            "shard {shard}: record {} in {}: {e}",
+            lsn.0,
+            dir.display()
+        )));
+    }
+    Ok((ledger, recovered))
+}
+
+/// Records the shard count on first start; refuses another count later.
+fn check_shard_count(data_dir: &Path, shards: u16) -> Result<(), StartError> {
+    let marker = data_dir.join("shards");
+    match std::fs::read_to_string(&marker) {
+        Ok(text) => {
+            let recorded: u16 = text
+                .trim()
+                .parse()
+                .map_err(|_| StartError(format!("{} is damaged: {text:?}", marker.display())))?;
+            if recorded != shards {
+                return Err(StartError(format!(
+                    "data directory {} was created with {recorded} shards but {shards} are configured; \
+                     set server.shards = {recorded} (the shard count cannot change)",
+                    data_dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = data_dir.join("shards.tmp");
+            std::fs::write(&tmp, format!("{shards}\n"))
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, &marker))
+                .and_then(|_| crate::wal::io::sync_dir(data_dir))
+                .map_err(|e| StartError(format!("cannot write {}: {e}", marker.display())))
+        }
+        Err(e) => Err(StartError(format!("{}: {e}", marker.display()))),
+    }
+}
+
+/// Takes an exclusive lock on the data directory for the life of the process.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StartError> {
+    use std::os::unix::io::AsRawFd;
+    let path = data_dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StartError(format!("cannot open {}: {e}", path.display())))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(StartError(format!(
+            "{} is in use by another corepay process",
+            data_dir.display()
+        )));
+    }
+    Ok(file)
+}
+
+/// The admin key: configured, else COREPAY_ADMIN_KEY, else generated into data_dir/admin.key.
+fn admin_key(config: &Config) -> Result<String, StartError> {
+    if !config.secrets.admin_key.is_empty() {
+        return Ok(config.secrets.admin_key.clone());
+    }
+    if let Ok(key) = std::env::var("COREPAY_ADMIN_KEY") {
+        if key.len() < 16 {
+            return Err(StartError(
+                "COREPAY_ADMIN_KEY must be at least 16 characters".into(),
+            ));
+        }
+        return Ok(key);
+    }
+    let path = config.server.data_dir.join("admin.key");
+    match std::fs::read_to_string(&path) {
+        Ok(key) => Ok(key.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let key = format!("ak_{}", hex::encode(crate::secrets::random_bytes::<24>()));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| StartError(format!("cannot create {}: {e}", path.display())))?;
+            f.write_all(key.as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| StartError(format!("cannot write {}: {e}", path.display())))?;
+            info!("generated an admin key in {} (mode 0600)", path.display());
+            Ok(key)
+        }
+        Err(e) => Err(StartError(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in every thread and turns them into `flag`.
+fn install_signal_thread(flag: Arc<AtomicBool>) {
+    // SAFETY: sigset manipulation on a local, zero-initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::Builder::new()
+            .name("corepay-signals".into())
+            .spawn(move || loop {
+                let mut sig: libc::c_int = 0;
+                if libc::sigwait(&set, &mut sig) == 0 {
+                    info!("signal {sig}: draining and stopping");
+                    flag.store(true, Ordering::SeqCst);
+                }
+            })
+            .expect("spawn the signal thread");
+    }
+}
+
+/// Shared by all shards: start-up barriers and the shutdown flag (start/stop only).
+struct Shared {
+    shutdown: Arc<AtomicBool>,
+    drained: AtomicUsize,
+    ready: AtomicUsize,
+}
+
+/// Runs the gateway until SIGTERM/SIGINT. Returns after a clean drain.
+pub fn serve(config: Config) -> Result<(), StartError> {
+    let shards = config.shard_count();
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| StartError(format!("cannot create {}: {e}", data_dir.display())))?;
+    let _lock = lock_data_dir(&data_dir)?;
+    check_shard_count(&data_dir, shards)?;
+    let pan_file = (!config.secrets.pan_key_file.is_empty())
+        .then(|| PathBuf::from(&config.secrets.pan_key_file));
+    let pan_key = PanKey::load(pan_file.as_deref(), &data_dir).map_err(StartError)?;
+    let admin_key = admin_key(&config)?;
+    let sync = config.sync_mode().map_err(|e| StartError(e.to_string()))?;
+    if sync == SyncMode::None {
+        warn!("wal.sync = \"none\": NOTHING IS FSYNCED. A crash loses acknowledged payments. Benchmarks only.");
+    }
+
+    let started = std::time::Instant::now();
+    let mut ledgers = Vec::new();
+    let mut recovered = Vec::new();
+    for k in 0..shards {
+        let (ledger, rec) = recover_shard(&data_dir, k, shards)?;
+        if rec.truncated_bytes > 0 {
+            warn!(
+                "shard {k}: truncated a torn tail of {} bytes (never acknowledged)",
+                rec.truncated_bytes
+            );
+        }
+        info!(
+            "shard {k}: recovered {} records, next lsn {}",
+            rec.records, rec.next_lsn.0
+        );
+        ledgers.push(ledger);
+        recovered.push(rec);
+    }
+    let retention = config.idempotency.retention_secs * 1000;
+    let indexes = rebuild_idem_indexes(&ledgers, retention, config.idempotency.max_keys_per_shard);
+    info!(
+        "recovered {shards} shards in {} ms",
+        started.elapsed().as_millis()
+    );
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    install_signal_thread(shutdown.clone());
+    let shared = Arc::new(Shared {
+        shutdown,
+        drained: AtomicUsize::new(0),
+        ready: AtomicUsize::new(0),
+    });
+    let mesh = MeshBuilder::<Envelope, _>::full(shards as usize, config.mesh.ring_capacity);
+    let mut handles = Vec::new();
+    for (k, ((ledger, rec), idem)) in ledgers.into_iter().zip(recovered).zip(indexes).enumerate() {
+        let placement = if config.server.pin_cores {
+            Placement::Fixed(config.server.cores.get(k).copied().unwrap_or(k))
+        } else {
+            Placement::Unbound
+        };
+        let ctx = ShardCtx {
+            config: config.clone(),
+            shard: k as u16,
+            shards,
+            ledger,
+            recovered: rec,
+            idem,
+            mesh: mesh.clone(),
+            shared: shared.clone(),
+            pan_key: pan_key.clone(),
+            admin_key: admin_key.clone(),
+            sync,
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("corepay-shard-{k}"))
+            .spawn(move || run_shard(ctx))
+            .map_err(|e| StartError(format!("cannot start shard {k}: {e}")))?;
+        handles.push(handle);
+    }
+    let mut failure = None;
+    for (k, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(StartError(format!("shard {k}: {e}"))),
+            Err(e) => failure = Some(StartError(format!("shard {k} panicked: {e:?}"))),
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            info!("stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+struct ShardCtx {
+    config: Config,
+    shard: u16,
+    shards: u16,
+    ledger: Ledger,
+    recovered: Recovered,
+    idem: IdemIndex,
+    mesh: MeshBuilder<Envelope, glommio::channels::channel_mesh::Full>,
+    shared: Arc<Shared>,
+    pan_key: PanKey,
+    admin_key: String,
+    sync: SyncMode,
+}
+
+async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
+    let ShardCtx {
+        config,
+        shard,
+        shards,
+        ledger,
+        recovered,
+        idem,
+        mesh,
+        shared,
+        pan_key,
+        admin_key,
+        sync,
+    } = ctx;
+    let (senders, receivers) = mesh
+        .join()
+        .await
+        .map_err(|_| "cannot join the mesh".to_string())?;
+    assert_eq!(
+        senders.peer_id(),
+        shard as usize,
+        "mesh ids follow shard ids"
+    );
+    let peers = MeshPeers::new(senders, config.mesh.max_in_flight_per_peer);
+    let dir = DmaSegmentDir::new(shard_wal_dir(&config.server.data_dir, shard));
+    let wal_config = WalConfig {
+        segment_bytes: config.wal.segment_bytes,
+        sync,
+        max_pending_bytes: config.wal.max_pending_bytes,
+    };
+    let wal = WalWriter::open(dir, &recovered, wal_config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let gconfig = GatewayConfig {
+        shard: ShardId(shard),
+        shards,
+        hold_ttl_millis: config.payments.hold_ttl_secs * 1000,
+        idempotency_retention_millis: config.idempotency.retention_secs * 1000,
+        idempotency_max_keys: config.idempotency.max_keys_per_shard,
+        credit_resend_millis: 200,
+        pan_key,
+        ack_before_durable: false,
+    };
+    let gateway = Gateway::new(gconfig, ledger, wal.clone(), peers, idem, system_clock);
+    start_receivers(receivers, gateway.clone());
+    let flusher_wal = wal.clone();
+    let flusher = glommio::spawn_local(async move {
+        if let Err(e) = flusher_wal.run_flusher().await {
+            error!("shard {shard}: WAL poisoned: {e}; exiting so that recovery can run");
+            std::process::exit(EXIT_WAL_POISONED);
+        }
+    });
+
+    // Deliver every credit still in flight before anyone can see a half-moved sum.
+    let deadline = std::time::Instant::now() + STARTUP_DRAIN;
+    while !gateway.outbox_empty() {
+        gateway.tick().await;
+        if std::time::Instant::now() > deadline {
+            return Err("in-flight credits were not acknowledged within 30 s".into());
+        }
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+    shared.drained.fetch_add(1, Ordering::SeqCst);
+    while shared.drained.load(Ordering::SeqCst) < shards as usize {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+
+    let api = std::rc::Rc::new(Api::new(gateway.clone(), &admin_key));
+    let http = net::HttpServer::bind(&config.http, api)
+        .map_err(|e| format!("http.listen {}: {e}", config.http.listen))?;
+    let operator = if shard == 0 {
+        let ready = shared.clone();
+        let ready_fn = move || ready.ready.load(Ordering::SeqCst) == shards as usize;
+        let op =
+            net::OperatorServer::bind(&config.operator.listen, gateway.clone(), Box::new(ready_fn))
+                .map_err(|e| format!("operator.listen {}: {e}", config.operator.listen))?;
+        Some(op)
+    } else {
+        None
+    };
+    shared.ready.fetch_add(1, Ordering::SeqCst);
+    if shard == 0 {
+        info!(
+            "corepay serving: {shards} shards, http {}, operator {}, data {}",
+            config.http.listen,
+            config.operator.listen,
+            config.server.data_dir.display()
+        );
+    }
+
+    while !shared.shutdown.load(Ordering::SeqCst) {
+        glommio::timer::sleep(TICK).await;
+        gateway.tick().await;
+    }
+
+    // Drain: refuse new work, let in-flight requests and credits finish, flush, stop.
+    gateway.stop_accepting();
+    http.stop();
+    let deadline =
+        std::time::Instant::now() + Duration::from_millis(config.server.drain_timeout_ms);
+    while (http.active_requests() > 0 || !gateway.outbox_empty())
+        && std::time::Instant::now() < deadline
+    {
+        gateway.tick().await;
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if !gateway.outbox_empty() {
+        warn!("shard {shard}: credits still unacknowledged at exit; they are re-sent at the next start");
+    }
+    wal.shutdown();
+    flusher.await;
+    drop(operator);
+    info!("shard {shard}: stopped at lsn {}", wal.durable_lsn().0);
+    Ok(())
+}

@@ -1,0 +1,513 @@
+//! Reading the log back: recovery (replay, then truncate a torn tail), verify and dump.
+//!
+//! All three walk the segments with the same rules:
+//! - segments are contiguous: each one's name is the LSN the previous one ended at;
+//! - batches are contiguous: each one's first LSN is the previous one's last + 1;
+//! - the data of a segment ends at a zero header or a bad batch; after that end, no batch
+//!   with a first LSN >= the next expected LSN may decode (at any BLOCK-aligned offset);
+//! - only the newest segment may end in a bad batch or other non-zero bytes: that is a
+//!   torn tail, never acknowledged (the writer syncs each batch before writing the next),
+//!   and recovery zeroes it.
+//!
+//! Anything else is corruption: `WalError::Corrupt` names the segment and offset, and
+//! nothing is changed on disk.
+
+use super::error::WalError;
+use super::format::{decode_batch, is_zero, parse_segment_name, Record, BATCH_MAGIC, BLOCK};
+use super::io::SegmentSource;
+use crate::domain::Lsn;
+
+/// Where the log ended, as `WalWriter::open` needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// LSN of the next record to append.
+    pub next_lsn: Lsn,
+    /// The newest segment and the BLOCK-aligned offset where its data ends.
+    pub tail: Option<(String, u64)>,
+    /// Records replayed.
+    pub records: u64,
+    /// Bytes of torn tail zeroed.
+    pub truncated_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub segments: usize,
+    pub batches: u64,
+    pub records: u64,
+    pub first_lsn: Option<Lsn>,
+    pub last_lsn: Option<Lsn>,
+    /// Bytes of torn tail that recovery would zero.
+    pub torn_tail_bytes: u64,
+}
+
+/// Replays every durable record in LSN order through `apply(lsn, kind, version, payload)`.
+///
+/// A torn or partial batch at the very tail of the newest segment is truncated (zeroed)
+/// and reported in `truncated_bytes`: it was never acknowledged. A bad batch followed by
+/// any valid batch, an LSN gap, or a bad batch in a non-final segment is corruption:
+/// returns `WalError::Corrupt` and changes nothing. On any error `apply` may already have
+/// seen a prefix of the log; the caller must discard what it built.
+pub fn recover<S: SegmentSource>(
+    src: &S,
+    mut apply: impl FnMut(Lsn, u8, u8, &[u8]),
+) -> Result<Recovered, WalError> {
+    let walk = walk(src, |_, _, record| {
+        apply(record.lsn, record.kind, record.version, record.payload)
+    })?;
+    if let Some(torn) = &walk.torn {
+        let io = |op: &'static str, source| WalError::Io {
+            op,
+            path: torn.segment.clone(),
+            source,
+        };
+        src.zero_from(&torn.segment, torn.offset)
+            .map_err(|e| io("zero torn tail", e))?;
+        // Check it on the way back, too.
+        let data = src.read(&torn.segment).map_err(|e| io("read segment", e))?;
+        assert!(
+            is_zero(&data[torn.offset as usize..]),
+            "zero_from left data behind"
+        );
+    }
+    let tail = walk.tail.clone();
+    if let Some((_, offset)) = &tail {
+        assert!(offset % BLOCK as u64 == 0);
+    }
+    assert_eq!(
+        walk.report.last_lsn.map_or(walk.next_lsn.0 - 1, |l| l.0),
+        walk.next_lsn.0 - 1
+    );
+    Ok(Recovered {
+        next_lsn: walk.next_lsn,
+        tail,
+        records: walk.report.records,
+        truncated_bytes: walk.report.torn_tail_bytes,
+    })
+}
+
+/// Read-only check (never modifies files): same rules as `recover`.
+pub fn verify<S: SegmentSource>(src: &S) -> Result<VerifyReport, WalError> {
+    walk(src, |_, _, _| {}).map(|walk| walk.report)
+}
+
+/// Read-only walk calling `f(segment, offset_of_batch, lsn, kind, version, payload)` for
+/// each record.
+pub fn dump_records<S: SegmentSource>(
+    src: &S,
+    mut f: impl FnMut(&str, u64, Lsn, u8, u8, &[u8]),
+) -> Result<VerifyReport, WalError> {
+    walk(src, |segment, offset, r| {
+        f(segment, offset, r.lsn, r.kind, r.version, r.payload)
+    })
+    .map(|walk| walk.report)
+}
+
+struct Walk {
+    report: VerifyReport,
+    next_lsn: Lsn,
+    tail: Option<(String, u64)>,
+    torn: Option<Torn>,
+}
+
+/// A torn tail: non-zero bytes from `offset` on in the newest segment.
+struct Torn {
+    segment: String,
+    offset: u64,
+}
+
+fn walk<S: SegmentSource>(
+    src: &S,
+    mut on_record: impl FnMut(&str, u64, Record<'_>),
+) -> Result<Walk, WalError> {
+    let names = src.list().map_err(|source| WalError::Io {
+        op: "list segments",
+        path: "*.wal".into(),
+        source,
+    })?;
+    let mut report = VerifyReport {
+        segments: names.len(),
+        ..VerifyReport::default()
+    };
+    // The LSN the log continues at; set by the first segment's name.
+    let mut expected: Option<u64> = None;
+    let mut tail = None;
+    let mut torn = None;
+    for (index, name) in names.iter().enumerate() {
+        let newest = index + 1 == names.len();
+        let corrupt = |offset: usize, reason: String| WalError::Corrupt {
+            segment: name.clone(),
+            offset: offset as u64,
+            reason,
+        };
+        let Some(first) = parse_segment_name(name) else {
+            return Err(corrupt(
+                0,
+                "not a segment name (<first LSN, 20 digits>.wal)".into(),
+            ));
+        };
+        let expected = expected.get_or_insert(first.0);
+        if first.0 != *expected {
+            return Err(corrupt(
+                0,
+                format!(
+                    "segment starts at LSN {}, but the log continues at LSN {expected}",
+                    first.0
+                ),
+            ));
+        }
+        let data = src.read(name).map_err(|source| WalError::Io {
+            op: "read segment",
+            path: name.clone(),
+            source,
+        })?;
+        if data.len() % BLOCK != 0 {
+            return Err(corrupt(
+                data.len(),
+                format!("segment length {} is not a multiple of {BLOCK}", data.len()),
+            ));
+        }
+
+        // Decode batches up to the end of the data: the end of the file, a zero header or
+        // a bad batch.
+        let mut offset = 0;
+        let mut bad = None;
+        while offset < data.len() {
+            assert!(offset % BLOCK == 0);
+            let batch = match decode_batch(&data[offset..]) {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(e) => {
+                    bad = Some(e);
+                    break;
+                }
+            };
+            if batch.first_lsn().0 != *expected {
+                let first = batch.first_lsn().0;
+                return Err(corrupt(
+                    offset,
+                    format!("batch starts at LSN {first}, but the log continues at LSN {expected}"),
+                ));
+            }
+            for record in batch.records() {
+                assert_eq!(record.lsn.0, *expected);
+                on_record(name, offset as u64, record);
+                *expected += 1;
+            }
+            report.batches += 1;
+            report.records += u64::from(batch.count());
+            report.first_lsn.get_or_insert(batch.first_lsn());
+            report.last_lsn = Some(batch.last_lsn());
+            offset += batch.encoded_len();
+            assert!(offset <= data.len());
+        }
+
+        // Past the end of the data: no valid batch, and non-zero bytes only in the newest
+        // segment (a torn tail).
+        let what = match &bad {
+            Some(e) => format!("bad batch ({e})"),
+            None => "end of data".to_owned(),
+        };
+        if let Some((at, lsn)) = find_valid_batch(&data, offset + BLOCK, *expected) {
+            return Err(corrupt(
+                offset,
+                format!(
+                    "{what}, but a valid batch for LSN {} follows at offset {at}",
+                    lsn.0
+                ),
+            ));
+        }
+        if !newest {
+            if bad.is_some() {
+                return Err(corrupt(
+                    offset,
+                    format!("{what} in a segment that is not the newest"),
+                ));
+            }
+            if let Some(block) = data[offset..].chunks(BLOCK).position(|b| !is_zero(b)) {
+                let at = offset + block * BLOCK;
+                let reason = format!(
+                    "non-zero block at offset {at} after the end of data, \
+                     in a segment that is not the newest"
+                );
+                return Err(corrupt(offset, reason));
+            }
+            continue;
+        }
+        if let Some(last) = data[offset..].chunks(BLOCK).rposition(|b| !is_zero(b)) {
+            report.torn_tail_bytes = ((last + 1) * BLOCK) as u64;
+            torn = Some(Torn {
+                segment: name.clone(),
+                offset: offset as u64,
+            });
+        }
+        tail = Some((name.clone(), offset as u64));
+    }
+    let next_lsn = Lsn(expected.unwrap_or(1));
+    Ok(Walk {
+        report,
+        next_lsn,
+        tail,
+        torn,
+    })
+}
+
+/// The first BLOCK-aligned offset at or after `from` holding a valid batch that could
+/// continue the log (first LSN >= `expected`).
+fn find_valid_batch(data: &[u8], from: usize, expected: u64) -> Option<(usize, Lsn)> {
+    let magic = BATCH_MAGIC.to_le_bytes();
+    (from..data.len()).step_by(BLOCK).find_map(|at| {
+        if data[at..at + 4] != magic {
+            return None;
+        }
+        match decode_batch(&data[at..]) {
+            Ok(Some(batch)) if batch.first_lsn().0 >= expected => Some((at, batch.first_lsn())),
+            _ => None,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::format::{encode_batch, segment_name};
+    use crate::wal::sim::SimDisk;
+
+    const SEG: usize = 16 * BLOCK;
+
+    /// Builds a segment from batches of `(first_lsn, record count)`, each record's
+    /// payload being its LSN as text.
+    fn segment(disk: &SimDisk, first_lsn: u64, batches: &[(u64, u64)]) -> Vec<u64> {
+        let name = segment_name(Lsn(first_lsn));
+        disk.put(&name, 0, &[0u8; SEG]);
+        let mut offsets = Vec::new();
+        let mut offset = 0;
+        for &(first, count) in batches {
+            let payloads: Vec<String> = (first..first + count).map(|lsn| lsn.to_string()).collect();
+            let records: Vec<(u8, u8, &[u8])> =
+                payloads.iter().map(|p| (1, 1, p.as_bytes())).collect();
+            let bytes = encode_batch(Lsn(first), &records);
+            disk.put(&name, offset, &bytes);
+            offsets.push(offset);
+            offset += bytes.len() as u64;
+        }
+        offsets
+    }
+
+    fn replay(disk: &SimDisk) -> Result<(Recovered, Vec<u64>), WalError> {
+        let mut lsns = Vec::new();
+        let recovered = recover(disk, |lsn, kind, version, payload| {
+            assert_eq!((kind, version), (1, 1));
+            assert_eq!(payload, lsn.0.to_string().as_bytes());
+            lsns.push(lsn.0);
+        })?;
+        Ok((recovered, lsns))
+    }
+
+    fn expect_corrupt(result: Result<VerifyReport, WalError>, segment: u64, offset: u64) -> String {
+        match result {
+            Err(WalError::Corrupt {
+                segment: s,
+                offset: o,
+                reason,
+            }) => {
+                assert_eq!(
+                    (s.as_str(), o),
+                    (segment_name(Lsn(segment)).as_str(), offset),
+                    "{reason}"
+                );
+                reason
+            }
+            other => panic!("expected Corrupt at {segment}/{offset}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_log() {
+        let disk = SimDisk::new();
+        let (recovered, lsns) = replay(&disk).unwrap();
+        assert_eq!(
+            recovered,
+            Recovered {
+                next_lsn: Lsn(1),
+                tail: None,
+                records: 0,
+                truncated_bytes: 0
+            }
+        );
+        assert!(lsns.is_empty());
+        assert_eq!(verify(&disk).unwrap(), VerifyReport::default());
+    }
+
+    #[test]
+    fn clean_log_over_segments() {
+        let disk = SimDisk::new();
+        segment(&disk, 1, &[(1, 3), (4, 1)]);
+        let offsets = segment(&disk, 5, &[(5, 2), (7, 5)]);
+        let (recovered, lsns) = replay(&disk).unwrap();
+        assert_eq!(lsns, (1..=11).collect::<Vec<_>>());
+        assert_eq!(recovered.next_lsn, Lsn(12));
+        assert_eq!(
+            recovered.tail,
+            Some((segment_name(Lsn(5)), 2 * BLOCK as u64))
+        );
+        assert_eq!(recovered.truncated_bytes, 0);
+        let report = verify(&disk).unwrap();
+        assert_eq!(
+            (report.segments, report.batches, report.records),
+            (2, 4, 11)
+        );
+        assert_eq!(
+            (report.first_lsn, report.last_lsn),
+            (Some(Lsn(1)), Some(Lsn(11)))
+        );
+        let mut seen = Vec::new();
+        dump_records(&disk, |segment, offset, lsn, _, _, _| {
+            seen.push((segment.to_owned(), offset, lsn.0))
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 11);
+        assert_eq!(seen[6], (segment_name(Lsn(5)), offsets[1], 7));
+    }
+
+    #[test]
+    fn log_may_start_after_lsn_1() {
+        // Older segments were deleted after a snapshot.
+        let disk = SimDisk::new();
+        segment(&disk, 100, &[(100, 2)]);
+        let (recovered, lsns) = replay(&disk).unwrap();
+        assert_eq!((recovered.next_lsn, lsns), (Lsn(102), vec![100, 101]));
+    }
+
+    #[test]
+    fn torn_tail_is_zeroed() {
+        let disk = SimDisk::new();
+        let offsets = segment(&disk, 1, &[(1, 2), (3, 2), (5, 2)]);
+        let name = segment_name(Lsn(1));
+        disk.corrupt(&name, offsets[2] + 40, 0xFF); // body of the last batch
+        disk.put(&name, offsets[2] + 5 * BLOCK as u64 + 7, &[9]); // a stray surviving sector
+        let report = verify(&disk).unwrap();
+        assert_eq!(report.torn_tail_bytes, 6 * BLOCK as u64);
+        assert_eq!(report.records, 4);
+        assert_eq!(verify(&disk).unwrap(), report, "verify changes nothing");
+        let (recovered, lsns) = replay(&disk).unwrap();
+        assert_eq!(lsns, vec![1, 2, 3, 4]);
+        assert_eq!(recovered.next_lsn, Lsn(5));
+        assert_eq!(recovered.tail, Some((name.clone(), offsets[2])));
+        assert_eq!(recovered.truncated_bytes, 6 * BLOCK as u64);
+        assert!(disk.read(&name).unwrap()[offsets[2] as usize..]
+            .iter()
+            .all(|&b| b == 0));
+        // Now clean.
+        assert_eq!(verify(&disk).unwrap().torn_tail_bytes, 0);
+    }
+
+    #[test]
+    fn torn_header_and_garbage_after_a_zero_header_are_tails() {
+        for (at, value) in [(0u64, 0x43u8), (3, 1), (29, 1)] {
+            let disk = SimDisk::new();
+            let offsets = segment(&disk, 1, &[(1, 2), (3, 2)]);
+            let name = segment_name(Lsn(1));
+            disk.corrupt(&name, offsets[1] + at, value);
+            let (recovered, lsns) = replay(&disk).unwrap();
+            assert_eq!((lsns, recovered.next_lsn), (vec![1, 2], Lsn(3)));
+            assert!(recovered.truncated_bytes > 0);
+        }
+        // Zero header, then the rest of a torn batch.
+        let disk = SimDisk::new();
+        let offsets = segment(&disk, 1, &[(1, 2)]);
+        disk.put(
+            &segment_name(Lsn(1)),
+            offsets[0] + BLOCK as u64 + 512,
+            &[1; 512],
+        );
+        let (recovered, _) = replay(&disk).unwrap();
+        assert_eq!(recovered.truncated_bytes, BLOCK as u64);
+    }
+
+    #[test]
+    fn bad_batch_followed_by_valid_batch_is_corrupt() {
+        let disk = SimDisk::new();
+        let offsets = segment(&disk, 1, &[(1, 2), (3, 2), (5, 2)]);
+        disk.corrupt(&segment_name(Lsn(1)), offsets[1] + 40, 0x01);
+        let before = disk.read(&segment_name(Lsn(1))).unwrap();
+        let reason = expect_corrupt(verify(&disk), 1, offsets[1]);
+        assert!(
+            reason.contains("body crc") && reason.contains(&format!("offset {}", offsets[2])),
+            "{reason}"
+        );
+        assert!(matches!(replay(&disk), Err(WalError::Corrupt { .. })));
+        assert_eq!(
+            disk.read(&segment_name(Lsn(1))).unwrap(),
+            before,
+            "recover changed nothing"
+        );
+    }
+
+    #[test]
+    fn zeroed_block_followed_by_valid_batch_is_corrupt() {
+        let disk = SimDisk::new();
+        let offsets = segment(&disk, 1, &[(1, 2), (3, 2)]);
+        disk.put(&segment_name(Lsn(1)), offsets[0], &[0u8; BLOCK]);
+        expect_corrupt(verify(&disk), 1, 0);
+    }
+
+    #[test]
+    fn bad_batch_in_an_older_segment_is_corrupt() {
+        let disk = SimDisk::new();
+        let offsets = segment(&disk, 1, &[(1, 2), (3, 2)]);
+        segment(&disk, 5, &[(5, 1)]);
+        disk.corrupt(&segment_name(Lsn(1)), offsets[1] + 2, 0x01);
+        expect_corrupt(verify(&disk), 1, offsets[1]);
+        assert!(matches!(replay(&disk), Err(WalError::Corrupt { .. })));
+        // Also garbage after the end of data in an older segment.
+        let disk = SimDisk::new();
+        segment(&disk, 1, &[(1, 2)]);
+        segment(&disk, 3, &[(3, 1)]);
+        disk.put(&segment_name(Lsn(1)), 3 * BLOCK as u64, &[1]);
+        expect_corrupt(verify(&disk), 1, BLOCK as u64);
+    }
+
+    #[test]
+    fn lsn_gaps_are_corrupt() {
+        // Between batches.
+        let disk = SimDisk::new();
+        let offsets = segment(&disk, 1, &[(1, 2), (4, 2)]);
+        let reason = expect_corrupt(verify(&disk), 1, offsets[1]);
+        assert!(
+            reason.contains("LSN 4") && reason.contains("LSN 3"),
+            "{reason}"
+        );
+        // Between segments (a segment is missing).
+        let disk = SimDisk::new();
+        segment(&disk, 1, &[(1, 2)]);
+        segment(&disk, 5, &[(5, 2)]);
+        expect_corrupt(verify(&disk), 5, 0);
+        // A segment whose first batch disagrees with its name.
+        let disk = SimDisk::new();
+        segment(&disk, 1, &[(2, 2)]);
+        expect_corrupt(verify(&disk), 1, 0);
+    }
+
+    #[test]
+    fn foreign_file_names_are_reported() {
+        let disk = SimDisk::new();
+        segment(&disk, 1, &[(1, 2)]);
+        disk.put("junk.wal", 0, &[0u8; BLOCK]);
+        match verify(&disk) {
+            Err(WalError::Corrupt { segment, .. }) => assert_eq!(segment, "junk.wal"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_newest_segment_is_the_tail() {
+        let disk = SimDisk::new();
+        segment(&disk, 1, &[(1, 2)]);
+        segment(&disk, 3, &[]);
+        let (recovered, lsns) = replay(&disk).unwrap();
+        assert_eq!(lsns, vec![1, 2]);
+        assert_eq!(recovered.tail, Some((segment_name(Lsn(3)), 0)));
+        assert_eq!(recovered.next_lsn, Lsn(3));
+    }
+}
