@@ -1,0 +1,386 @@
+//! Shared harness for black-box tests: starts the real `corepay` binary on a temporary data
+//! directory and free loopback ports, and speaks HTTP/1.1 to it over real sockets.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One running gateway process.
+pub struct Server {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub http: SocketAddr,
+    pub operator: SocketAddr,
+    pub shards: u16,
+    pub extra_config: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a gateway with `shards` unpinned shards on a fresh data directory.
+    pub fn start(shards: u16) -> Server {
+        Server::start_with(shards, "")
+    }
+
+    /// Starts with extra TOML appended to the generated configuration (e.g. "[http]\n...").
+    /// Sections already generated: [server], [http] (listen), [operator], [secrets].
+    pub fn start_with(shards: u16, extra_config: &str) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Server {
+            child: None,
+            dir: tmp.path().to_path_buf(),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            operator: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            shards,
+            extra_config: extra_config.to_string(),
+            _tmp: Some(tmp),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("corepay.toml")
+    }
+
+    fn write_config(&self) {
+        let extra = &self.extra_config;
+        let has_http = extra.contains("[http]");
+        let mut text = format!(
+            "[server]\nshards = {}\npin_cores = false\ndata_dir = \"{}\"\ndrain_timeout_ms = 2000\n\n\
+             [operator]\nlisten = \"{}\"\n\n[secrets]\nadmin_key = \"{ADMIN_KEY}\"\n\n",
+            self.shards,
+            self.dir.join("data").display(),
+            self.operator,
+        );
+        if has_http {
+            // The caller's [http] table gets our listen address prepended.
+            text.push_str(&extra.replace("[http]", &format!("[http]\nlisten = \"{}\"", self.http)));
+        } else {
+            text.push_str(&format!("[http]\nlisten = \"{}\"\n\n{extra}", self.http));
+        }
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Starts the process and waits until /readyz answers 200.
+    pub fn spawn(&mut self) {
+        self.write_config();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_corepay"))
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start corepay");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "corepay exited during start-up with {status}; log:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok((200, _, _)) = raw_get(self.operator, "/readyz") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "corepay did not become ready; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// kill -9, and wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "corepay did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.http)
+    }
+
+    pub fn admin(&self) -> Client {
+        let mut c = self.client();
+        c.bearer = Some(ADMIN_KEY.to_string());
+        c
+    }
+
+    /// Σ per currency (accounts + treasury + in flight) from GET /v1/ledger: must be "0.00".
+    pub fn ledger(&self) -> Value {
+        let (status, body) = self.admin().get("/v1/ledger");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A keep-alive HTTP/1.1 client over one TCP connection.
+pub struct Client {
+    pub stream: BufReader<TcpStream>,
+    pub bearer: Option<String>,
+    pub addr: SocketAddr,
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+    pub raw: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream: BufReader::new(stream),
+            bearer: None,
+            addr,
+        }
+    }
+
+    pub fn with_key(addr: SocketAddr, key: &str) -> Client {
+        let mut c = Client::connect(addr);
+        c.bearer = Some(key.to_string());
+        c
+    }
+
+    /// Sends a request with optional JSON body and extra headers; reads the response.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: corepay\r\n");
+        if let Some(key) = &self.bearer {
+            req.push_str(&format!("Authorization: Bearer {key}\r\n"));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if method == "POST" {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.stream
+            .get_mut()
+            .write_all(req.as_bytes())
+            .expect("send");
+        self.read_response().expect("a response")
+    }
+
+    pub fn post(&mut self, path: &str, body: &str) -> (u16, Value) {
+        let r = self.request("POST", path, Some(body), &[]);
+        (r.status, r.body)
+    }
+
+    pub fn get(&mut self, path: &str) -> (u16, Value) {
+        let r = self.request("GET", path, None, &[]);
+        (r.status, r.body)
+    }
+
+    /// Writes raw bytes (for malformed-input tests).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.get_mut().write_all(bytes)
+    }
+
+    /// Reads one response; Err on EOF or a malformed response.
+    pub fn read_response(&mut self) -> std::io::Result<Resp> {
+        let mut line = String::new();
+        if self.stream.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            self.stream.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':').unwrap_or((h, ""));
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            headers.push((k.to_string(), v.trim().to_string()));
+        }
+        let mut raw = vec![0; len];
+        self.stream.read_exact(&mut raw)?;
+        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Ok(Resp {
+            status,
+            headers,
+            body,
+            raw,
+        })
+    }
+}
+
+/// One GET on a fresh connection: (status, headers, body text).
+pub fn raw_get(
+    addr: SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+    let mut c = Client::connect_timeout(addr)?;
+    c.send_raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let r = c.read_response()?;
+    Ok((
+        r.status,
+        r.headers,
+        String::from_utf8_lossy(&r.raw).to_string(),
+    ))
+}
+
+impl Client {
+    fn connect_timeout(addr: SocketAddr) -> std::io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Client {
+            stream: BufReader::new(stream),
+            bearer: None,
+            addr,
+        })
+    }
+}
+
+/// Creates an account through the admin API; panics unless 201.
+pub fn create_account(s: &Server, id: u64, currency: &str, balance: &str) -> Value {
+    let body = format!(
+        r#"{{"id": {id}, "currency": "{currency}", "initial_balance": "{balance}", "floor": "0.00"}}"#
+    );
+    let (status, v) = s.admin().post("/v1/accounts", &body);
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+/// Creates a card (exp 12/2030 unless given) bound to `account`; panics unless 201.
+pub fn create_card(s: &Server, number: &str, account: u64) -> Value {
+    let body = format!(
+        r#"{{"number": "{number}", "exp_month": 12, "exp_year": 2030, "account_id": {account}}}"#
+    );
+    let (status, v) = s.admin().post("/v1/cards", &body);
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+/// Creates a merchant settling into `settlement`; returns its API key.
+pub fn create_merchant(s: &Server, id: &str, settlement: u64) -> String {
+    let body = format!(r#"{{"id": "{id}", "settlement_account_id": {settlement}, "mcc": "5411"}}"#);
+    let (status, v) = s.admin().post("/v1/merchants", &body);
+    assert_eq!(status, 201, "{v}");
+    v["api_key"].as_str().unwrap().to_string()
+}
+
+/// A Luhn-valid 16-digit test number from a 15-digit prefix.
+pub fn card_number(prefix15: &str) -> String {
+    corepay::secrets::with_luhn_digit(prefix15)
+}
+
+/// The shard that owns an account, by the gateway's own routing.
+pub fn shard_of(account: u64, shards: u16) -> u16 {
+    corepay::shard::routing::shard_of_account(corepay::domain::AccountId(account), shards).0
+}
+
+/// Asserts every currency sums to zero (accounts + treasury + in flight).
+pub fn assert_conservation(s: &Server) {
+    let ledger = s.ledger();
+    for c in ledger["currencies"].as_array().unwrap() {
+        let sum = c["sum"].as_str().unwrap();
+        assert!(
+            sum.trim_start_matches('-')
+                .chars()
+                .all(|ch| ch == '0' || ch == '.'),
+            "not conserved: {c}"
+        );
+    }
+}
+
+pub fn data_dir(s: &Server) -> &Path {
+    &s.dir
+}
