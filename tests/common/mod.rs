@@ -384,3 +384,166 @@ pub fn assert_conservation(s: &Server) {
 pub fn data_dir(s: &Server) -> &Path {
     &s.dir
 }
+
+// ---- helpers for the lifecycle, idempotency, decline and malformed-request suites ---------
+
+/// The first account id ≥ `from` that `shard` owns (of `shards`).
+pub fn account_on_shard(shard: u16, shards: u16, from: u64) -> u64 {
+    (from..).find(|&id| shard_of(id, shards) == shard).unwrap()
+}
+
+/// Creates an account from a full JSON body (amount_limit, daily_count_limit, floor...);
+/// panics unless 201.
+pub fn create_account_json(s: &Server, body: &str) -> Value {
+    let (status, v) = s.admin().post("/v1/accounts", body);
+    assert_eq!(status, 201, "{body}: {v}");
+    v
+}
+
+/// GET /v1/accounts/{id} as admin; panics unless 200.
+pub fn get_account(s: &Server, id: u64) -> Value {
+    let (status, v) = s.admin().get(&format!("/v1/accounts/{id}"));
+    assert_eq!(status, 200, "account {id}: {v}");
+    v
+}
+
+/// (balance, held) of an account, as the API formats them.
+pub fn balance_held(s: &Server, id: u64) -> (String, String) {
+    let a = get_account(s, id);
+    (
+        a["balance"].as_str().unwrap().to_string(),
+        a["held"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Polls an account (cross-shard credits are applied asynchronously) for up to 5 s until its
+/// balance is `balance`; panics with the last view otherwise. Returns the account.
+pub fn wait_balance(s: &Server, id: u64, balance: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = get_account(s, id);
+        if a["balance"] == balance {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "account {id}: balance never became {balance}: {a}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls GET /v1/payments/{id} for up to 5 s until `done` holds; panics with the last view.
+pub fn wait_payment(m: &mut Client, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, p) = m.get(&format!("/v1/payments/{id}"));
+        assert_eq!(status, 200, "{id}: {p}");
+        if done(&p) {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "payment {id} never reached the expected state: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Polls GET /v1/ledger for up to 5 s until nothing is in flight between shards, then checks
+/// conservation.
+pub fn wait_settled(s: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ledger = s.ledger();
+        let settled = ledger["currencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["in_flight"].as_str().unwrap().trim_start_matches('-') == "0.00");
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "credits stay in flight: {ledger}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_conservation(s);
+}
+
+/// The body of POST /v1/payments.
+pub fn payment_json(
+    amount: &str,
+    currency: &str,
+    number: &str,
+    exp: (u8, u16),
+    capture: bool,
+    reference: &str,
+) -> String {
+    format!(
+        r#"{{"amount":"{amount}","currency":"{currency}","card":{{"number":"{number}","exp_month":{},"exp_year":{}}},"capture":{capture},"reference":"{reference}"}}"#,
+        exp.0, exp.1
+    )
+}
+
+/// POST /v1/{what}/{id}/status as admin: (status, body).
+pub fn set_status(s: &Server, what: &str, id: &str, status: &str) -> (u16, Value) {
+    s.admin().post(
+        &format!("/v1/{what}/{id}/status"),
+        &format!(r#"{{"status":"{status}"}}"#),
+    )
+}
+
+impl Client {
+    /// POST with an Idempotency-Key.
+    pub fn post_idem(&mut self, path: &str, body: &str, key: &str) -> Resp {
+        self.request("POST", path, Some(body), &[("Idempotency-Key", key)])
+    }
+}
+
+// ---- fallible client calls (crash tests: the server may die mid-request) -------------------
+
+impl Client {
+    /// Connects without panicking (a server that was just killed refuses the connection).
+    pub fn try_connect(addr: SocketAddr, bearer: Option<&str>) -> std::io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            stream: BufReader::new(stream),
+            bearer: bearer.map(str::to_string),
+            addr,
+        })
+    }
+
+    /// Like [`Client::request`], but a failed send or a missing response is an `Err`
+    /// (the outcome of that request is unknown) instead of a panic.
+    pub fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Resp> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: corepay\r\n");
+        if let Some(key) = &self.bearer {
+            req.push_str(&format!("Authorization: Bearer {key}\r\n"));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if method == "POST" {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.stream.get_mut().write_all(req.as_bytes())?;
+        self.read_response()
+    }
+}
