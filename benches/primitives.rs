@@ -26,6 +26,7 @@ fn merchant() -> MerchantFacts {
         id: MerchantId("BENCH".into()),
         settlement: AccountId(0),
         settlement_shard: ShardId(0),
+        currency: eur(),
         mcc: 5411,
         status: Status::Active,
     }
@@ -44,7 +45,12 @@ fn authorize(account: u64, capture: bool, lsn: u64) -> Command {
             exp_year: 2030,
             status: Status::Active,
         }),
-        presented: PresentedCard { bin: "424242".into(), last4: "4242".into(), exp_month: 12, exp_year: 2030 },
+        presented: PresentedCard {
+            bin: "424242".into(),
+            last4: "4242".into(),
+            exp_month: 12,
+            exp_year: 2030,
+        },
         pre_decline: None,
         amount: 1 + (lsn % 500) as i64,
         currency: eur(),
@@ -101,15 +107,23 @@ fn bench_ledger(c: &mut Criterion) {
 /// Appends `batch` records of 128 bytes and waits until they are durable: one group commit.
 fn bench_wal(c: &mut Criterion) {
     let mut g = c.benchmark_group("wal");
-    g.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_secs(1));
     for (mode, sync) in [("fdatasync", SyncMode::Fdatasync), ("none", SyncMode::None)] {
         for batch in [1usize, 16, 128] {
             let dir = tempfile::tempdir().unwrap();
             let ex = LocalExecutorBuilder::default().make().unwrap();
             let wal = ex.run(async {
                 let recovered = recover(&FsSource::new(dir.path()), |_, _, _, _| {}).unwrap();
-                let config = WalConfig { segment_bytes: 256 << 20, sync, max_pending_bytes: 8 << 20 };
-                let wal = WalWriter::open(DmaSegmentDir::new(dir.path()), &recovered, config).await.unwrap();
+                let config = WalConfig {
+                    segment_bytes: 256 << 20,
+                    sync,
+                    max_pending_bytes: 8 << 20,
+                };
+                let wal = WalWriter::open(DmaSegmentDir::new(dir.path()), &recovered, config)
+                    .await
+                    .unwrap();
                 let w = wal.clone();
                 glommio::spawn_local(async move {
                     let _ = w.run_flusher().await;
@@ -219,7 +233,8 @@ fn bench_http(c: &mut Criterion) {
         b.iter_batched(
             || request.as_bytes().to_vec(),
             |bytes| {
-                let mut reader = RequestReader::new(futures_lite::io::Cursor::new(bytes), Limits::default());
+                let mut reader =
+                    RequestReader::new(futures_lite::io::Cursor::new(bytes), Limits::default());
                 black_box(futures_lite::future::block_on(reader.next()).unwrap())
             },
             BatchSize::SmallInput,

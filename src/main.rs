@@ -20,6 +20,13 @@ usage:
   corepay --version";
 
 fn main() -> ExitCode {
+    // A broken invariant on any shard stops the whole process: a half-alive gateway that
+    // still reports ready is worse than a restart, and recovery replays the WAL.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {

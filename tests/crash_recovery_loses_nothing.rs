@@ -13,6 +13,8 @@
 //! 4. per currency all balances plus money in flight sum to zero.
 //!
 //! The seed is printed; set COREPAY_CRASH_SEED to replay a run's choices.
+// The shared harness's `raw_get` trips clippy::type_complexity (not ours to change).
+#[allow(clippy::type_complexity)]
 mod common;
 use common::*;
 
@@ -51,6 +53,7 @@ fn cents(v: &Value) -> i64 {
 
 /// What the clients need to know about the provisioned world.
 struct World {
+    shards: u16,
     card_numbers: Vec<String>,
     card_accounts: Vec<u64>,
     merchant_keys: Vec<String>,
@@ -60,6 +63,7 @@ struct World {
 fn provision(s: &Server) -> World {
     let shards = s.shards;
     let mut w = World {
+        shards,
         card_numbers: Vec::new(),
         card_accounts: Vec::new(),
         merchant_keys: Vec::new(),
@@ -260,9 +264,18 @@ fn next_op(rng: &mut SmallRng, p: &Value) -> Op {
 enum Seen {
     /// The client saw this answer (status, payment object).
     Acked(u16, Value),
-    /// Sent, but no usable answer (connection lost, or 503 while stopping): may or may not
-    /// have happened.
-    Unknown,
+    /// Sent, but no usable answer: may or may not have happened.
+    Unknown(Why),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Why {
+    /// The connection broke before the answer arrived.
+    Lost,
+    /// 503: shed or shutting down.
+    Shed,
+    /// Any other answer (reported as a failure).
+    Unexpected,
 }
 
 #[derive(Clone, Debug)]
@@ -332,25 +345,30 @@ fn client_thread(
         let seen = match &result {
             Ok(r) => match payment_of(r.status, &r.body) {
                 Some(p) => Seen::Acked(r.status, p),
-                None if r.status == 503 => Seen::Unknown,
+                None if r.status == 503 => Seen::Unknown(Why::Shed),
                 None => {
                     shared.unexpected.lock().unwrap().push(format!(
-                        "{} {} {}: {} {}",
+                        "merchant {} (settles on shard {}): {} {} {}: {} {}",
+                        m,
+                        shard_of(w.settlement_accounts[m], w.shards),
                         req.path,
                         req.key,
                         req.body,
                         r.status,
                         String::from_utf8_lossy(&r.raw)
                     ));
-                    Seen::Unknown
+                    Seen::Unknown(Why::Unexpected)
                 }
             },
             Err(_) => {
                 clients[m] = None; // reconnect next time (fails once the server is gone)
-                Seen::Unknown
+                Seen::Unknown(Why::Lost)
             }
         };
         let stopping = matches!(&result, Ok(r) if r.status == 503);
+        if matches!(&result, Ok(r) if r.header("connection") == Some("close")) {
+            clients[m] = None; // the server closes this connection
+        }
         match (&seen, slot) {
             (Seen::Acked(_, p), None) => {
                 if let Op::Create { card, .. } = req.op {
@@ -365,8 +383,8 @@ fn client_thread(
             }
             (Seen::Acked(_, p), Some(i)) => mine[i].1.view = p.clone(),
             // Not known any more: leave this payment alone for the rest of the round.
-            (Seen::Unknown, Some(i)) => mine[i].1.view["status"] = "unknown".into(),
-            (Seen::Unknown, None) => {}
+            (Seen::Unknown(_), Some(i)) => mine[i].1.view["status"] = "unknown".into(),
+            (Seen::Unknown(_), None) => {}
         }
         shared.events.lock().unwrap().push(Event {
             thread,
@@ -400,6 +418,7 @@ struct RoundStats {
     unknown: usize,
     replayed: usize,
     executed_on_retry: usize,
+    stop_ms: u128,
 }
 
 fn merchant_client(s: &Server, w: &World, m: usize) -> Client {
@@ -469,10 +488,13 @@ fn round(
         })
         .collect();
     std::thread::sleep(Duration::from_millis(load_ms));
+    let mut stop_ms = 0;
     match stop {
         Stop::Kill => s.kill9(),
         Stop::Term => {
+            let t = Instant::now();
             let status = s.terminate();
+            stop_ms = t.elapsed().as_millis();
             assert_eq!(
                 status.code(),
                 Some(0),
@@ -495,8 +517,8 @@ fn round(
     // Per payment: the last acknowledged answer, and the one unanswered request after it
     // (a client leaves a payment alone once a request on it went unanswered).
     let mut last_acked: BTreeMap<String, Value> = BTreeMap::new();
-    let mut pending: BTreeMap<String, Req> = BTreeMap::new();
-    let mut unknown_creates: Vec<Req> = Vec::new();
+    let mut pending: BTreeMap<String, (Req, Why)> = BTreeMap::new();
+    let mut unknown_creates: Vec<(Req, Why)> = Vec::new();
     for e in &events {
         match (&e.seen, &e.req.payment) {
             (Seen::Acked(_, p), _) => {
@@ -504,10 +526,10 @@ fn round(
                 assert!(!pending.contains_key(&id), "used after an unknown: {e:?}");
                 last_acked.insert(id, p.clone());
             }
-            (Seen::Unknown, Some(id)) => {
-                assert!(pending.insert(id.clone(), e.req.clone()).is_none());
+            (Seen::Unknown(why), Some(id)) => {
+                assert!(pending.insert(id.clone(), (e.req.clone(), *why)).is_none());
             }
-            (Seen::Unknown, None) => unknown_creates.push(e.req.clone()),
+            (Seen::Unknown(why), None) => unknown_creates.push((e.req.clone(), *why)),
         }
         if let (Seen::Acked(_, p), Op::Create { card, .. }) = (&e.seen, &e.req.op) {
             let id = p["id"].as_str().unwrap().to_string();
@@ -526,7 +548,7 @@ fn round(
         let known = &model.payments[id];
         let acked = last_acked.get(id).unwrap_or(&known.view).clone();
         let now = get_payment(&mut clients[known.merchant], id);
-        match pending.get(id) {
+        match pending.get(id).map(|(req, _)| req) {
             None => assert_eq!(now, acked, "{id}: acknowledged state lost or changed"),
             Some(req) => {
                 let after = predict(&acked, &req.op);
@@ -560,19 +582,29 @@ fn round(
         unknown: pending.len() + unknown_creates.len(),
         replayed: 0,
         executed_on_retry: 0,
+        stop_ms,
     };
-    let mut note = |r: &Resp| {
-        if r.header("Idempotent-Replayed") == Some("true") {
+    let mut note = |r: &Resp, req: &Req, why: Why| {
+        let replayed = r.header("Idempotent-Replayed") == Some("true");
+        if replayed {
             stats.replayed += 1;
-            true
         } else {
             stats.executed_on_retry += 1;
-            false
         }
+        // 503 means "not done, retry"; and SIGTERM answers every request it took in.
+        assert!(
+            !(replayed && why == Why::Shed),
+            "{req:?} was answered 503 but had been carried out"
+        );
+        assert!(
+            !(replayed && why == Why::Lost && stop == Stop::Term),
+            "SIGTERM: {req:?} was carried out but its connection closed without an answer"
+        );
+        replayed
     };
-    for req in &unknown_creates {
+    for (req, why) in &unknown_creates {
         let r = retry(s, w, req);
-        note(&r);
+        note(&r, req, *why);
         let p = payment_of(r.status, &r.body).unwrap();
         let Op::Create { card, .. } = req.op else {
             unreachable!()
@@ -591,9 +623,9 @@ fn round(
         assert_eq!(now, p, "{id}: GET after the retried create");
         model.acked.push((req.clone(), r.status, p));
     }
-    for (id, req) in &pending {
+    for (id, (req, why)) in &pending {
         let r = retry(s, w, req);
-        let replayed = note(&r);
+        let replayed = note(&r, req, *why);
         let p = payment_of(r.status, &r.body).unwrap();
         let before = &before_retry[id];
         let acked = last_acked.get(id).unwrap_or(&model.payments[id].view);
@@ -654,9 +686,9 @@ fn round(
 /// Holds and balances of every account against the model (after in-flight credits landed).
 fn check_accounts(s: &Server, w: &World, model: &Model) {
     wait_settled(s);
-    let mut held = vec![0i64; CARDS];
-    let mut moved = vec![0i64; CARDS];
-    let mut settled = vec![0i64; MERCHANTS];
+    let mut held = [0i64; CARDS];
+    let mut moved = [0i64; CARDS];
+    let mut settled = [0i64; MERCHANTS];
     for k in model.payments.values() {
         let p = &k.view;
         let net = cents(&p["amount_captured"]) - cents(&p["amount_refunded"]);
@@ -666,22 +698,20 @@ fn check_accounts(s: &Server, w: &World, model: &Model) {
         moved[k.card] += net;
         settled[k.merchant] += net;
     }
-    for c in 0..CARDS {
-        let a = get_account(s, w.card_accounts[c]);
+    for (c, &id) in w.card_accounts.iter().enumerate() {
+        let a = get_account(s, id);
         assert_eq!(
             (cents(&a["held"]), cents(&a["balance"])),
             (held[c], CARD_BALANCE - moved[c]),
-            "card account {}: (held, balance) differ from its payments: {a}",
-            w.card_accounts[c]
+            "card account {id}: (held, balance) differ from its payments: {a}"
         );
     }
-    for m in 0..MERCHANTS {
-        let a = get_account(s, w.settlement_accounts[m]);
+    for (m, &id) in w.settlement_accounts.iter().enumerate() {
+        let a = get_account(s, id);
         assert_eq!(
             (cents(&a["held"]), cents(&a["balance"])),
             (0, SETTLEMENT_BALANCE + settled[m]),
-            "settlement account {} of merchant {m}: {a}",
-            w.settlement_accounts[m]
+            "settlement account {id} of merchant {m}: {a}"
         );
     }
 }
@@ -717,12 +747,13 @@ fn run(shards: u16, rounds: usize, stop: Stop) {
         let st = round(&mut s, &w, &mut model, seed, r, threads, load_ms, stop);
         println!(
             "{stop:?} round {r:2}: {threads} clients, {load_ms:3} ms: {:3} acked, {:2} unanswered \
-             -> {} replayed, {} executed on retry; {} payments",
+             -> {} replayed, {} executed on retry; {} payments; stopped in {} ms",
             st.acked,
             st.unknown,
             st.replayed,
             st.executed_on_retry,
-            model.payments.len()
+            model.payments.len(),
+            st.stop_ms
         );
         total.0 += st.acked;
         total.1 += st.unknown;

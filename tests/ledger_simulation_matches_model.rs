@@ -108,6 +108,7 @@ impl Sim {
                 id: MerchantId(format!("M{m}")),
                 settlement: AccountId(settlement),
                 settlement_shard: sim.shard(settlement),
+                currency: sim.eur,
                 mcc: 5411,
                 status: Status::Active,
             });

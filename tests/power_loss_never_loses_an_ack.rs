@@ -28,8 +28,8 @@ use std::rc::Rc;
 struct Alone;
 
 impl Peers for Alone {
-    fn call(&self, _to: ShardId, _req: Request) -> impl Future<Output = Reply> {
-        async { unreachable!("a single shard never calls out") }
+    async fn call(&self, _to: ShardId, _req: Request) -> Reply {
+        unreachable!("a single shard never calls out")
     }
     fn post(&self, _to: ShardId, _req: Request) {
         unreachable!("a single shard never posts")
@@ -123,6 +123,7 @@ fn run(seed: u64, ack_before_durable: bool) -> Vec<String> {
             id: MerchantId("SHOP".into()),
             settlement: AccountId(1),
             settlement_shard: ShardId(0),
+            currency: eur,
             mcc: 5411,
             status: Status::Active,
         };

@@ -369,6 +369,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                 m.settlement,
                 self.config.shards,
             ),
+            currency: m.currency,
             mcc: m.mcc,
             status: m.status,
         })
@@ -428,7 +429,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                 .await
             {
                 Ok(o) => RefundPlan::Done(o),
-                Err(_) => RefundPlan::Rejected(Reject::InvalidState),
+                Err(_) => RefundPlan::Unavailable,
             };
         }
         let view = self

@@ -104,6 +104,8 @@ pub enum RefundPlan {
         view: Box<PaymentView>,
     },
     Rejected(Reject),
+    /// The local refund could not be logged (shutting down, WAL back-pressure): 91 / 503.
+    Unavailable,
 }
 
 #[derive(Clone, Debug, Default)]

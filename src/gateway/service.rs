@@ -298,6 +298,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             match plan {
                 RefundPlan::Done(outcome) => Ok((outcome, id.shard)),
                 RefundPlan::Rejected(r) => Ok((Outcome::Rejected(r), id.shard)),
+                RefundPlan::Unavailable => Err(ServiceError::Unavailable),
                 RefundPlan::Reserved {
                     settlement,
                     settlement_shard,
@@ -440,15 +441,16 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         settlement: AccountId,
         mcc: u16,
     ) -> Result<(Outcome, Option<String>), ServiceError> {
-        if self.account(settlement).await?.is_none() {
+        let Some(account) = self.account(settlement).await? else {
             return Ok((Outcome::Rejected(Reject::AccountNotFound), None));
-        }
+        };
         let api_key = secrets::new_api_key(&id.0);
         let home = shard_of_merchant(&id, self.shards());
         let cmd = Command::CreateMerchant {
             id,
             key_hash: secrets::hash_api_key(&api_key),
             settlement,
+            currency: account.currency,
             mcc,
         };
         let (outcome, _) = self.execute_at(home, cmd).await?;

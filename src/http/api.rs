@@ -766,7 +766,14 @@ fn parse_body<T: DeserializeOwned>(req: &Request) -> Result<T> {
     // (curl -d says form-urlencoded) still gets a precise answer about the JSON itself.
     serde_json::from_slice(&req.body).map_err(|e| {
         let message = e.to_string();
-        let param = message.split('`').nth(1).map(str::to_string);
+        // serde quotes a field name in backticks only in these messages; elsewhere the
+        // backticks quote the offending value ("invalid type: integer `25`"), never a param.
+        let names_field = ["unknown field", "duplicate field", "missing field"]
+            .iter()
+            .any(|p| message.starts_with(p));
+        let param = names_field
+            .then(|| message.split('`').nth(1).map(str::to_string))
+            .flatten();
         let mut r = Response::error(
             400,
             "invalid_request_error",

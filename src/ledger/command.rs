@@ -96,6 +96,8 @@ pub struct MerchantFacts {
     pub id: MerchantId,
     pub settlement: AccountId,
     pub settlement_shard: ShardId,
+    /// Currency of the settlement account; payments in another currency are declined (12).
+    pub currency: Currency,
     pub mcc: u16,
     pub status: Status,
 }
@@ -159,6 +161,8 @@ pub enum Command {
         id: MerchantId,
         key_hash: [u8; 32],
         settlement: AccountId,
+        /// The settlement account's currency: the only currency the merchant can take.
+        currency: Currency,
         mcc: u16,
     },
     /// At the merchant's home shard.

@@ -45,6 +45,7 @@ pub struct Card {
 pub struct Merchant {
     pub key_hash: [u8; 32],
     pub settlement: AccountId,
+    pub currency: Currency,
     pub mcc: u16,
     pub status: Status,
 }
@@ -282,6 +283,7 @@ impl Ledger {
                 id,
                 key_hash,
                 settlement,
+                currency,
                 mcc,
             } => {
                 if self.merchants.contains_key(id) {
@@ -290,6 +292,7 @@ impl Ledger {
                     let m = Merchant {
                         key_hash: *key_hash,
                         settlement: *settlement,
+                        currency: *currency,
                         mcc: *mcc,
                         status: Status::Active,
                     };
@@ -569,6 +572,9 @@ impl Ledger {
         let Some(account) = self.accounts.get(&card.account) else {
             return Some(Decline::InvalidCard);
         };
+        if merchant.currency != currency {
+            return Some(Decline::InvalidTransaction);
+        }
         if merchant.status != Status::Active {
             return Some(Decline::NotPermittedMerchant);
         }

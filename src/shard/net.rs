@@ -155,13 +155,13 @@ async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
             response.status,
             started.elapsed().as_micros() as u64,
         );
-        // Pipelined requests already buffered are answered in one write.
-        if !keep_alive || !reader.has_buffered() || out.len() > 64 * 1024 {
-            if reader.get_mut().write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
+        // Answer at once, even when the next pipelined request has begun to arrive: holding
+        // the answer until that request completes would make a client's latency depend on its
+        // next request.
+        if reader.get_mut().write_all(&out).await.is_err() {
+            return;
         }
+        out.clear();
         if !keep_alive {
             let _ = reader.get_mut().close().await;
             return;

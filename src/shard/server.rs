@@ -208,6 +208,8 @@ struct Shared {
     shutdown: Arc<AtomicBool>,
     drained: AtomicUsize,
     ready: AtomicUsize,
+    /// Shards whose own requests and credits are done at shutdown.
+    stopped: AtomicUsize,
 }
 
 /// Runs the gateway until SIGTERM/SIGINT. Returns after a clean drain.
@@ -228,10 +230,21 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     }
 
     let started = std::time::Instant::now();
+    // Shards recover in parallel, one thread each, before any executor starts.
+    let dir = data_dir.as_path();
+    let results: Vec<Result<(Ledger, Recovered), StartError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..shards)
+            .map(|k| scope.spawn(move || recover_shard(dir, k, shards)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("recovery thread panicked"))
+            .collect()
+    });
     let mut ledgers = Vec::new();
     let mut recovered = Vec::new();
-    for k in 0..shards {
-        let (ledger, rec) = recover_shard(&data_dir, k, shards)?;
+    for (k, result) in results.into_iter().enumerate() {
+        let (ledger, rec) = result?;
         if rec.truncated_bytes > 0 {
             warn!(
                 "shard {k}: truncated a torn tail of {} bytes (never acknowledged)",
@@ -258,6 +271,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         shutdown,
         drained: AtomicUsize::new(0),
         ready: AtomicUsize::new(0),
+        stopped: AtomicUsize::new(0),
     });
     let mesh = MeshBuilder::<Envelope, _>::full(shards as usize, config.mesh.ring_capacity);
     let mut handles = Vec::new();
@@ -418,6 +432,15 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     let deadline =
         std::time::Instant::now() + Duration::from_millis(config.server.drain_timeout_ms);
     while (http.active_requests() > 0 || !gateway.outbox_empty())
+        && std::time::Instant::now() < deadline
+    {
+        gateway.tick().await;
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    // Stay reachable until every shard is done: their in-flight requests may still be
+    // waiting on this one (card lookups, idempotency keys, commands, credit acks).
+    shared.stopped.fetch_add(1, Ordering::SeqCst);
+    while shared.stopped.load(Ordering::SeqCst) < shards as usize
         && std::time::Instant::now() < deadline
     {
         gateway.tick().await;

@@ -302,11 +302,11 @@ impl Client {
     }
 }
 
-/// One GET on a fresh connection: (status, headers, body text).
-pub fn raw_get(
-    addr: SocketAddr,
-    path: &str,
-) -> std::io::Result<(u16, Vec<(String, String)>, String)> {
+/// (status, headers, body text).
+pub type RawResponse = (u16, Vec<(String, String)>, String);
+
+/// One GET on a fresh connection.
+pub fn raw_get(addr: SocketAddr, path: &str) -> std::io::Result<RawResponse> {
     let mut c = Client::connect_timeout(addr)?;
     c.send_raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())?;
     let r = c.read_response()?;
