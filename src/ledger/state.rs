@@ -954,7 +954,7 @@ impl Ledger {
                 "conservation on one shard"
             );
         }
-        if cfg!(debug_assertions) && self.accounts.len() <= 10_000 {
+        if cfg!(debug_assertions) && self.accounts.len() <= 1_000 {
             for (currency, sum) in self.balances_by_currency() {
                 assert_eq!(
                     self.totals[&currency].accounts, sum,

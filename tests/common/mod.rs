@@ -223,27 +223,8 @@ impl Client {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Resp {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: corepay\r\n");
-        if let Some(key) = &self.bearer {
-            req.push_str(&format!("Authorization: Bearer {key}\r\n"));
-        }
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        let body = body.unwrap_or("");
-        if method == "POST" {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        self.stream
-            .get_mut()
-            .write_all(req.as_bytes())
-            .expect("send");
-        self.read_response().expect("a response")
+        self.try_request(method, path, body, headers)
+            .expect("a response")
     }
 
     pub fn post(&mut self, path: &str, body: &str) -> (u16, Value) {
