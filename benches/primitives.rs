@@ -154,61 +154,69 @@ fn bench_wal(c: &mut Criterion) {
     g.finish();
 }
 
-/// One request and its reply between two executors on the mesh.
+/// One request and its reply between two executors on the mesh, with the executors parking
+/// at once when idle and with them spinning 200 µs first (`server.spin_before_park_us`).
 fn bench_ring(c: &mut Criterion) {
-    let mesh = MeshBuilder::<u64, _>::full(2, 1024);
-    let peer = mesh.clone();
-    let echo = LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(move || async move {
-            let (tx, rx) = peer.join().await.unwrap();
-            let other = 1 - tx.peer_id();
-            while let Ok(Some(v)) = rx.recv_from(other).await {
-                if v == u64::MAX {
-                    break;
-                }
-                if tx.send_to(other, v).await.is_err() {
-                    break;
-                }
-            }
-        })
-        .unwrap();
-    let ex = LocalExecutorBuilder::default().make().unwrap();
-    let (tx, rx) = ex.run(async { mesh.join().await.unwrap() });
-    // Peer ids follow executor creation order: the echo executor was made first.
-    let other = 1 - tx.peer_id();
     let mut g = c.benchmark_group("ring");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("round_trip", |b| {
-        b.iter_custom(|iters| {
-            ex.run(async {
-                let start = Instant::now();
-                for i in 0..iters {
-                    tx.send_to(other, i).await.unwrap();
-                    assert_eq!(rx.recv_from(other).await.unwrap(), Some(i));
-                }
-                start.elapsed()
-            })
-        })
-    });
-    g.bench_function("pipelined_64", |b| {
-        b.iter_custom(|iters| {
-            ex.run(async {
-                let start = Instant::now();
-                for i in 0..iters {
-                    for k in 0..64 {
-                        tx.send_to(other, i * 64 + k).await.unwrap();
+    for spin_us in [0u64, 200] {
+        let spin = Duration::from_micros(spin_us);
+        let mesh = MeshBuilder::<u64, _>::full(2, 1024);
+        let peer = mesh.clone();
+        let echo = LocalExecutorBuilder::new(Placement::Unbound)
+            .spin_before_park(spin)
+            .spawn(move || async move {
+                let (tx, rx) = peer.join().await.unwrap();
+                let other = 1 - tx.peer_id();
+                while let Ok(Some(v)) = rx.recv_from(other).await {
+                    if v == u64::MAX {
+                        break;
                     }
-                    for _ in 0..64 {
-                        rx.recv_from(other).await.unwrap();
+                    if tx.send_to(other, v).await.is_err() {
+                        break;
                     }
                 }
-                start.elapsed()
             })
-        })
-    });
+            .unwrap();
+        let ex = LocalExecutorBuilder::default()
+            .spin_before_park(spin)
+            .make()
+            .unwrap();
+        let (tx, rx) = ex.run(async { mesh.join().await.unwrap() });
+        // Peer ids follow executor creation order: the echo executor was made first.
+        let other = 1 - tx.peer_id();
+        g.bench_function(format!("round_trip/spin_{spin_us}us"), |b| {
+            b.iter_custom(|iters| {
+                ex.run(async {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        tx.send_to(other, i).await.unwrap();
+                        assert_eq!(rx.recv_from(other).await.unwrap(), Some(i));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        g.bench_function(format!("pipelined_64/spin_{spin_us}us"), |b| {
+            b.iter_custom(|iters| {
+                ex.run(async {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        for k in 0..64 {
+                            tx.send_to(other, i * 64 + k).await.unwrap();
+                        }
+                        for _ in 0..64 {
+                            rx.recv_from(other).await.unwrap();
+                        }
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        ex.run(async { tx.send_to(other, u64::MAX).await.unwrap() });
+        echo.join().unwrap();
+    }
     g.finish();
-    ex.run(async { tx.send_to(other, u64::MAX).await.unwrap() });
-    echo.join().unwrap();
 }
 
 const PAYMENT_JSON: &str = r#"{"amount":"25.00","currency":"EUR","card":{"number":"4242424242424242","exp_month":12,"exp_year":2030},"capture":false,"reference":"order-1234"}"#;

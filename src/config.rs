@@ -34,6 +34,9 @@ pub struct Server {
     pub data_dir: PathBuf,
     /// How long SIGTERM waits for in-flight requests and credits before exiting.
     pub drain_timeout_ms: u64,
+    /// An idle shard polls this long before sleeping: lower wake-up latency for a core of
+    /// its own, wasted CPU on a shared one. 0 = sleep at once.
+    pub spin_before_park_us: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -121,6 +124,7 @@ impl Default for Server {
             cores: vec![],
             data_dir: PathBuf::from("./data"),
             drain_timeout_ms: 5000,
+            spin_before_park_us: 0,
         }
     }
 }
@@ -249,6 +253,9 @@ impl Config {
         }
         if self.http.request_timeout_ms == 0 || self.http.idle_timeout_ms == 0 {
             return Err(bad("http.request_timeout_ms", "timeouts must be > 0"));
+        }
+        if self.server.spin_before_park_us > 1_000_000 {
+            return Err(bad("server.spin_before_park_us", "at most 1000000 (1 s)"));
         }
         if self.http.max_connections_per_shard == 0 {
             return Err(bad("http.max_connections_per_shard", "must be > 0"));

@@ -6,6 +6,7 @@ pub mod config;
 pub mod domain;
 pub mod gateway;
 pub mod http;
+pub mod iso8583;
 pub mod ledger;
 pub mod logline;
 pub mod metrics;

@@ -296,6 +296,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("corepay-shard-{k}"))
+            .spin_before_park(Duration::from_micros(config.server.spin_before_park_us))
             .spawn(move || run_shard(ctx))
             .map_err(|e| StartError(format!("cannot start shard {k}: {e}")))?;
         handles.push(handle);
