@@ -114,7 +114,15 @@ impl Message {
 
     /// The fields present, in field order, with their raw ASCII values.
     pub fn fields(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
-        Bits(self.present).map(|n| (n, self.get(n).unwrap_or_default()))
+        self.entries().map(|(field, value)| (field.number, value))
+    }
+
+    /// The fields present, in field order, with their specs.
+    fn entries(&self) -> impl Iterator<Item = (&'static FieldSpec, &[u8])> + '_ {
+        Bits(self.present).map(|n| {
+            let i = spec::index(n).expect("a Message holds only profile fields");
+            (&FIELDS[i], self.value(i))
+        })
     }
 
     fn with_capacity(mti: [u8; 4], capacity: usize) -> Message {
@@ -126,6 +134,7 @@ impl Message {
         }
     }
 
+    #[inline]
     fn value(&self, i: usize) -> &[u8] {
         let span = self.spans[i];
         &self.data[span.start as usize..][..span.len as usize]
@@ -375,9 +384,11 @@ pub fn encode(msg: &Message, bitmap: BitmapEncoding, out: &mut Vec<u8>) -> Resul
         return Err(EncodeError::Mti(msg.mti));
     }
     let mut len = 4;
-    for (n, value) in msg.fields() {
-        let field = field_of(n);
-        check(field, value).map_err(|what| EncodeError::Violation { field: n, what })?;
+    for (field, value) in msg.entries() {
+        check(field, value).map_err(|what| EncodeError::Violation {
+            field: field.number,
+            what,
+        })?;
         len += field.len.prefix_len() + value.len();
     }
     let mut bits = msg.present;
@@ -402,8 +413,8 @@ pub fn encode(msg: &Message, bitmap: BitmapEncoding, out: &mut Vec<u8>) -> Resul
             }
         }
     }
-    for (n, value) in msg.fields() {
-        match field_of(n).len {
+    for (field, value) in msg.entries() {
+        match field.len {
             Len::Fixed(_) => {}
             Len::LLVar(_) => push_decimal(out, value.len(), 2),
             Len::LLLVar(_) => push_decimal(out, value.len(), 3),
@@ -606,11 +617,6 @@ fn push_decimal(out: &mut Vec<u8>, value: usize, digits: u32) {
     for place in (0..digits).rev() {
         out.push(b'0' + (value / 10usize.pow(place) % 10) as u8);
     }
-}
-
-/// The spec of a field present in a `Message` (`set` only admits profile fields).
-fn field_of(n: u8) -> &'static FieldSpec {
-    spec::spec(n).expect("a Message holds only profile fields")
 }
 
 #[cfg(test)]
@@ -1193,8 +1199,8 @@ mod tests {
                 out.extend_from_slice(&hex.as_bytes()[..2 * n]);
             }
         }
-        for (n, value) in msg.fields() {
-            let prefix = field_of(n).len.prefix_len();
+        for (field, value) in msg.entries() {
+            let prefix = field.len.prefix_len();
             if prefix > 0 {
                 out.extend_from_slice(format!("{:0prefix$}", value.len()).as_bytes());
             }
