@@ -10,6 +10,7 @@
 //! make this module panic or read outside its input (`fuzz/fuzz_targets/decode.rs`).
 
 pub mod codec;
+pub mod flows;
 pub mod framing;
 pub mod spec;
 
