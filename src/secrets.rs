@@ -59,6 +59,20 @@ impl PanKey {
         }
     }
 
+    /// Keyed 128-bit hash of several byte strings (each length-prefixed), for anything that
+    /// may contain a card number, such as a request body kept as an idempotency fingerprint:
+    /// an unkeyed hash of a PAN can be reversed by enumerating the few card numbers a BIN allows.
+    pub fn mac16(&self, parts: &[&[u8]]) -> Hash16 {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
+        mac.update(b"corepay-mac16");
+        for p in parts {
+            mac.update(&(p.len() as u64).to_le_bytes());
+            mac.update(p);
+        }
+        let full: [u8; 32] = mac.finalize().into_bytes().into();
+        full[..16].try_into().expect("16 of 32")
+    }
+
     /// HMAC-SHA-256 of the digits of a card number.
     pub fn hash_pan(&self, pan: &str) -> CardHash {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");

@@ -86,6 +86,17 @@ impl IdemIndex {
         IdemBegin::Proceed
     }
 
+    /// Where `key` stands, without changing anything.
+    pub fn lookup(&self, key: &Hash16) -> IdemBegin {
+        match self.entries.get(key) {
+            None => IdemBegin::Proceed,
+            Some(Entry { holder: None, .. }) => IdemBegin::InFlight,
+            Some(Entry {
+                holder: Some(h), ..
+            }) => IdemBegin::Replay(*h),
+        }
+    }
+
     pub fn end(&mut self, key: Hash16, holder: Option<ShardId>) {
         match holder {
             Some(h) => {

@@ -82,6 +82,8 @@ pub struct Gateway<D: SegmentDir, P: Peers> {
     wal: WalWriter<D>,
     peers: P,
     idem: RefCell<IdemIndex>,
+    /// Requests waiting for a running idempotent operation to end (`IdemAwait`).
+    idem_waiters: RefCell<HashMap<Hash16, Vec<futures::channel::oneshot::Sender<IdemBegin>>>>,
     /// Cross-shard refunds reserved on this shard's payments and not yet credited back.
     refund_reserved: RefCell<HashMap<u64, i64>>,
     /// Highest credit seq posted per destination (reset to the acked level to re-send).
@@ -118,6 +120,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             wal,
             peers,
             idem: RefCell::new(idem),
+            idem_waiters: RefCell::new(HashMap::new()),
             refund_reserved: RefCell::new(HashMap::new()),
             posted: RefCell::new(vec![0; shards]),
             last_resend: Cell::new(0),
@@ -319,7 +322,30 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             }
             Request::IdemEnd { key, owner } => {
                 self.idem.borrow_mut().end(key, owner);
+                let answer = owner.map_or(IdemBegin::Proceed, IdemBegin::Replay);
+                for waiter in self
+                    .idem_waiters
+                    .borrow_mut()
+                    .remove(&key)
+                    .unwrap_or_default()
+                {
+                    let _ = waiter.send(answer);
+                }
                 Reply::Ack
+            }
+            Request::IdemLookup(key) => Reply::Idem(self.idem.borrow().lookup(&key)),
+            Request::IdemAwait(key) => {
+                let state = self.idem.borrow().lookup(&key);
+                if state != IdemBegin::InFlight {
+                    return Reply::Idem(state);
+                }
+                let (tx, rx) = futures::channel::oneshot::channel();
+                self.idem_waiters
+                    .borrow_mut()
+                    .entry(key)
+                    .or_default()
+                    .push(tx);
+                Reply::Idem(rx.await.unwrap_or(IdemBegin::Proceed))
             }
             Request::IdemFetch(key) => {
                 if self.read_barrier().await.is_err() {

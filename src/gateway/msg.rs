@@ -31,6 +31,12 @@ pub enum Request {
     },
     /// At the record's owner: the stored answer.
     IdemFetch(Hash16),
+    /// At the key's owner: where the finished record of `key` is, without starting anything
+    /// (finding the original of a reversal). Answers `Replay`, `InFlight` or `Proceed` (unknown).
+    IdemLookup(Hash16),
+    /// At the key's owner: wait until the operation running under `key` ends; answers
+    /// `Replay(holder)`, or `Proceed` when it ended without a record.
+    IdemAwait(Hash16),
     /// At the payment's shard: reserve a cross-shard refund, or run a local one.
     RefundPrepare {
         seq: u64,

@@ -27,6 +27,11 @@ pub struct NewPayment {
     pub reference: String,
 }
 
+/// The idempotency key of transfer `id`: the id itself is the key.
+pub fn transfer_key(id: &str) -> Hash16 {
+    secrets::hash16(&[b"transfer", id.as_bytes()])
+}
+
 /// An outcome, and whether it is the stored answer of an earlier request with the same key.
 #[derive(Debug)]
 pub struct Answer {
@@ -112,6 +117,94 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             outcome,
             replayed: false,
         })
+    }
+
+    /// Waits until the operation running under `key` has ended (for protocols whose
+    /// repeats must be answered with the original's result rather than "in flight").
+    pub async fn await_idempotent(self: &Rc<Self>, key: Hash16) -> Result<(), ServiceError> {
+        match self
+            .call(shard_of_key(&key, self.shards()), Request::IdemAwait(key))
+            .await
+        {
+            Reply::Idem(_) => Ok(()),
+            Reply::Unavailable => Err(ServiceError::Unavailable),
+            other => panic!("protocol violation: {other:?}"),
+        }
+    }
+
+    /// The payment that an earlier request with idempotency key `key` produced, as it is now.
+    pub async fn payment_by_key(
+        self: &Rc<Self>,
+        key: Hash16,
+    ) -> Result<Option<PaymentView>, ServiceError> {
+        let owner = shard_of_key(&key, self.shards());
+        let holder = match self.call(owner, Request::IdemLookup(key)).await {
+            Reply::Idem(IdemBegin::Replay(holder)) => holder,
+            Reply::Idem(IdemBegin::InFlight) => {
+                self.await_idempotent(key).await?;
+                match self.call(owner, Request::IdemLookup(key)).await {
+                    Reply::Idem(IdemBegin::Replay(holder)) => holder,
+                    _ => return Ok(None),
+                }
+            }
+            Reply::Idem(_) => return Ok(None),
+            Reply::Unavailable => return Err(ServiceError::Unavailable),
+            other => panic!("protocol violation: {other:?}"),
+        };
+        let id = match expect_outcome(self.call(holder, Request::IdemFetch(key)).await)? {
+            Outcome::Payment(view) => view.id,
+            _ => return Ok(None),
+        };
+        match self.call(id.shard, Request::ReadPayment(id.seq)).await {
+            Reply::Payment(p) => Ok(p),
+            Reply::Unavailable => Err(ServiceError::Unavailable),
+            other => panic!("protocol violation: {other:?}"),
+        }
+    }
+
+    /// Lowers an authorization to `amount` (a partial reversal).
+    pub async fn reduce_authorization(
+        self: &Rc<Self>,
+        merchant: &MerchantFacts,
+        id: PaymentRef,
+        amount: i64,
+        idem: Option<IdemTag>,
+    ) -> Result<Answer, ServiceError> {
+        self.idempotent(idem, |idem| async move {
+            let cmd = Command::ReduceAuthorization {
+                payment: id.seq,
+                merchant: merchant.id.clone(),
+                amount,
+                now: self.now(),
+                idem,
+            };
+            self.execute_at(id.shard, cmd).await
+        })
+        .await
+    }
+
+    /// The account behind a card, for a balance inquiry (a read: nothing is logged).
+    pub async fn card_account(
+        self: &Rc<Self>,
+        pan: &str,
+    ) -> Result<Option<(CardFacts, AccountView)>, ServiceError> {
+        if !secrets::luhn_valid(pan) {
+            return Ok(None);
+        }
+        let hash = self.config.pan_key.hash_pan(pan);
+        let card = match self
+            .call(
+                shard_of_card(&hash, self.shards()),
+                Request::CardLookup(hash),
+            )
+            .await
+        {
+            Reply::Card(Some(c)) => c,
+            Reply::Card(None) => return Ok(None),
+            Reply::Unavailable => return Err(ServiceError::Unavailable),
+            other => panic!("protocol violation: {other:?}"),
+        };
+        Ok(self.account(card.account).await?.map(|a| (card, a)))
     }
 
     async fn execute_at(
@@ -494,7 +587,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         body_hash: Hash16,
     ) -> Result<Answer, ServiceError> {
         let tag = IdemTag {
-            key: secrets::hash16(&[b"transfer", id.as_bytes()]),
+            key: transfer_key(&id),
             body: body_hash,
         };
         self.idempotent(Some(tag), |idem| async move {

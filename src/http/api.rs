@@ -209,8 +209,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
     }
 
     /// The idempotency tag of a merchant request: key scoped to the merchant, body hashed
-    /// with the method and path.
-    fn idem(req: &Request, merchant: &MerchantFacts) -> Result<Option<IdemTag>> {
+    /// (keyed: the body may hold a card number) with the path.
+    fn idem(&self, req: &Request, merchant: &MerchantFacts) -> Result<Option<IdemTag>> {
         let Some(key) = req.idempotency_key.as_deref() else {
             return Ok(None);
         };
@@ -228,15 +228,22 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         }
         Ok(Some(IdemTag {
             key: secrets::hash16(&[b"merchant", merchant.id.0.as_bytes(), key]),
-            body: secrets::hash16(&[req.path.as_bytes(), &req.body]),
+            body: self.body_hash(req),
         }))
+    }
+
+    fn body_hash(&self, req: &Request) -> Hash16 {
+        self.gateway
+            .config
+            .pan_key
+            .mac16(&[req.path.as_bytes(), &req.body])
     }
 
     // ---- merchant endpoints ----------------------------------------------------------------
 
     async fn create_payment(&self, req: &Request) -> Result<Response> {
         let merchant = self.merchant(req).await?;
-        let idem = Self::idem(req, &merchant)?;
+        let idem = self.idem(req, &merchant)?;
         let body: json::CreatePayment = parse_body(req)?;
         let currency = currency(&body.currency)?;
         let amount = amount(&body.amount, currency, "amount")?;
@@ -319,7 +326,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
 
     async fn capture(&self, req: &Request, id: &str) -> Result<Response> {
         let merchant = self.merchant(req).await?;
-        let idem = Self::idem(req, &merchant)?;
+        let idem = self.idem(req, &merchant)?;
         let id = json::parse_payment_id(id).ok_or_else(|| missing("payment"))?;
         let amount = self.optional_amount(req, &merchant, id).await?;
         let answer = self
@@ -332,7 +339,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
 
     async fn void(&self, req: &Request, id: &str) -> Result<Response> {
         let merchant = self.merchant(req).await?;
-        let idem = Self::idem(req, &merchant)?;
+        let idem = self.idem(req, &merchant)?;
         let id = json::parse_payment_id(id).ok_or_else(|| missing("payment"))?;
         if !req.body.is_empty() {
             let _: json::OptionalAmount = parse_body(req)?;
@@ -347,7 +354,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
 
     async fn refund(&self, req: &Request, id: &str) -> Result<Response> {
         let merchant = self.merchant(req).await?;
-        let idem = Self::idem(req, &merchant)?;
+        let idem = self.idem(req, &merchant)?;
         let id = json::parse_payment_id(id).ok_or_else(|| missing("payment"))?;
         let amount = self.optional_amount(req, &merchant, id).await?;
         let answer = self
@@ -543,7 +550,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         }
         let currency = currency(&body.currency)?;
         let amount = amount(&body.amount, currency, "amount")?;
-        let body_hash = secrets::hash16(&[req.path.as_bytes(), &req.body]);
+        let body_hash = self.body_hash(req);
         let answer = self
             .gateway
             .transfer(

@@ -107,6 +107,7 @@ pub struct MerchantFacts {
 pub struct PresentedCard {
     pub bin: String,
     pub last4: String,
+    /// 0 when the expiry was not presented.
     pub exp_month: u8,
     pub exp_year: u16,
 }
@@ -188,6 +189,15 @@ pub enum Command {
         payment: u64,
         merchant: MerchantId,
         amount: Option<i64>,
+        now: Millis,
+        idem: Option<IdemTag>,
+    },
+    /// At the payment's shard: lower an authorization's hold to `amount` (a partial
+    /// reversal); the rest of the hold is released.
+    ReduceAuthorization {
+        payment: u64,
+        merchant: MerchantId,
+        amount: i64,
         now: Millis,
         idem: Option<IdemTag>,
     },

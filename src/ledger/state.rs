@@ -328,6 +328,12 @@ impl Ledger {
             Command::Void {
                 payment, merchant, ..
             } => self.void(*payment, merchant),
+            Command::ReduceAuthorization {
+                payment,
+                merchant,
+                amount,
+                ..
+            } => self.reduce_authorization(*payment, merchant, *amount),
             Command::RefundLocal {
                 payment,
                 merchant,
@@ -581,9 +587,9 @@ impl Ledger {
         if card.status != Status::Active {
             return Some(Decline::RestrictedCard);
         }
-        if (presented.exp_month, presented.exp_year) != (card.exp_month, card.exp_year)
-            || card_expired(card.exp_month, card.exp_year, now)
-        {
+        let presented_expiry = presented.exp_month != 0; // 0: not presented (ISO 8583 without DE14)
+        let mismatch = (presented.exp_month, presented.exp_year) != (card.exp_month, card.exp_year);
+        if (presented_expiry && mismatch) || card_expired(card.exp_month, card.exp_year, now) {
             return Some(Decline::ExpiredCard);
         }
         match account.status {
@@ -724,6 +730,30 @@ impl Ledger {
             .get_mut(&account_id)
             .expect("payment accounts exist")
             .held -= amount;
+        Outcome::Payment(Box::new(view))
+    }
+
+    fn reduce_authorization(&mut self, seq: u64, merchant: &MerchantId, amount: i64) -> Outcome {
+        let p = match self.payment_for(seq, merchant) {
+            Ok(p) => p,
+            Err(r) => return Outcome::Rejected(r),
+        };
+        if p.view.status != PaymentStatus::Authorized {
+            return Outcome::Rejected(Reject::InvalidState);
+        }
+        if amount <= 0 || amount > p.view.amount {
+            return Outcome::Rejected(Reject::AmountTooLarge);
+        }
+        let released = p.view.amount - amount;
+        p.view.amount = amount;
+        let account_id = p.account.expect("authorized");
+        let view = p.view.clone();
+        let account = self
+            .accounts
+            .get_mut(&account_id)
+            .expect("payment accounts exist");
+        account.held -= released;
+        assert!(account.held >= 0);
         Outcome::Payment(Box::new(view))
     }
 
@@ -996,6 +1026,7 @@ fn command_idem(cmd: &Command) -> Option<IdemTag> {
         Command::Authorize { idem, .. }
         | Command::Capture { idem, .. }
         | Command::Void { idem, .. }
+        | Command::ReduceAuthorization { idem, .. }
         | Command::RefundLocal { idem, .. }
         | Command::RefundDebit { idem, .. }
         | Command::Transfer { idem, .. } => *idem,
@@ -1008,6 +1039,7 @@ fn command_now(cmd: &Command) -> Option<Millis> {
         Command::Authorize { now, .. }
         | Command::Capture { now, .. }
         | Command::Void { now, .. }
+        | Command::ReduceAuthorization { now, .. }
         | Command::RefundLocal { now, .. }
         | Command::RefundDebit { now, .. }
         | Command::Transfer { now, .. }
