@@ -134,7 +134,8 @@ impl Sim {
         match self.rng.gen_range(0..100) {
             0..=29 => self.authorize(),
             30..=44 => self.capture(),
-            45..=51 => self.void(),
+            45..=48 => self.void(),
+            49..=51 => self.reduce(),
             52..=66 => self.refund(),
             67..=76 => self.transfer(),
             77..=94 => self.deliver_credits(),
@@ -281,6 +282,29 @@ impl Sim {
         assert!(matches!(outcome, Outcome::Payment(ref v) if v.status == PaymentStatus::Voided));
         self.accounts.get_mut(&p.account).unwrap().held -= p.amount;
         self.payments[i].status = PaymentStatus::Voided;
+    }
+
+    /// A partial reversal: the hold shrinks to a smaller amount.
+    fn reduce(&mut self) {
+        let Some(i) = self.pick(|p| p.status == PaymentStatus::Authorized && p.amount > 1) else {
+            return;
+        };
+        let p = self.payments[i].clone();
+        let to = self.rng.gen_range(1..p.amount);
+        let cmd = Command::ReduceAuthorization {
+            payment: p.seq,
+            merchant: self.merchants[p.merchant].id.clone(),
+            amount: to,
+            now: Millis(self.now),
+            idem: None,
+        };
+        let outcome = self.exec(p.shard, cmd);
+        assert!(
+            matches!(outcome, Outcome::Payment(ref v) if v.amount == to),
+            "{outcome:?}"
+        );
+        self.accounts.get_mut(&p.account).unwrap().held -= p.amount - to;
+        self.payments[i].amount = to;
     }
 
     fn refund(&mut self) {
