@@ -15,6 +15,7 @@ pub struct Config {
     pub server: Server,
     pub http: Http,
     pub operator: Operator,
+    pub iso8583: Iso8583,
     pub wal: Wal,
     pub payments: Payments,
     pub idempotency: Idempotency,
@@ -57,6 +58,25 @@ pub struct Http {
 #[serde(deny_unknown_fields, default)]
 pub struct Operator {
     pub listen: String,
+}
+
+/// The ISO 8583 acquirer listener (DESIGN.md §6), on every shard.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Iso8583 {
+    pub listen: String,
+    /// Length header: "binary2" (2-byte big-endian, default) or "ascii4" (4 ASCII digits).
+    pub header: String,
+    /// Bitmap encoding: "binary" (8 bytes each, default) or "hex" (16 hex characters each).
+    pub bitmap: String,
+    /// Largest message body accepted; a longer length header closes the connection.
+    pub max_frame_bytes: usize,
+    /// Requests one connection may have in flight; past it, the connection is not read.
+    pub max_in_flight_per_connection: usize,
+    /// A connection that receives nothing for this long, with nothing in flight, is closed;
+    /// a response that cannot be written for this long closes it too.
+    pub idle_timeout_ms: u64,
+    pub max_connections_per_shard: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -151,6 +171,97 @@ impl Default for Operator {
     }
 }
 
+impl Default for Iso8583 {
+    fn default() -> Self {
+        Iso8583 {
+            listen: "127.0.0.1:8583".into(),
+            header: "binary2".into(),
+            bitmap: "binary".into(),
+            max_frame_bytes: crate::iso8583::DEFAULT_MAX_FRAME,
+            max_in_flight_per_connection: 256,
+            idle_timeout_ms: 300_000,
+            max_connections_per_shard: 1000,
+        }
+    }
+}
+
+/// Whether two listen addresses would accept on the same port of the same interface.
+fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// The smallest `iso8583.max_frame_bytes`: below it not even a network management message
+/// with its echoed fields fits.
+pub const ISO_MIN_FRAME_BYTES: usize = 64;
+/// The largest `iso8583.max_in_flight_per_connection`: each slot may hold a response.
+pub const ISO_MAX_IN_FLIGHT: usize = 4096;
+
+impl Iso8583 {
+    /// The length header, or an error naming `iso8583.header`.
+    pub fn framing(&self) -> Result<crate::iso8583::Framing, ConfigError> {
+        match self.header.as_str() {
+            "binary2" => Ok(crate::iso8583::Framing::Binary2),
+            "ascii4" => Ok(crate::iso8583::Framing::Ascii4),
+            other => Err(bad(
+                "iso8583.header",
+                format!("unknown header {other:?}; expected \"binary2\" or \"ascii4\""),
+            )),
+        }
+    }
+
+    /// The bitmap encoding, or an error naming `iso8583.bitmap`.
+    pub fn bitmap_encoding(&self) -> Result<crate::iso8583::BitmapEncoding, ConfigError> {
+        match self.bitmap.as_str() {
+            "binary" => Ok(crate::iso8583::BitmapEncoding::Binary),
+            "hex" => Ok(crate::iso8583::BitmapEncoding::HexAscii),
+            other => Err(bad(
+                "iso8583.bitmap",
+                format!("unknown encoding {other:?}; expected \"binary\" or \"hex\""),
+            )),
+        }
+    }
+
+    fn validate(&self, http: &SocketAddr, operator: &SocketAddr) -> Result<(), ConfigError> {
+        let listen = self
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| bad("iso8583.listen", e))?;
+        // Every listener sets SO_REUSEPORT, so an overlap would bind silently and split
+        // one port's connections between two protocols.
+        if overlaps(&listen, http) {
+            return Err(bad("iso8583.listen", "must differ from http.listen"));
+        }
+        if overlaps(&listen, operator) {
+            return Err(bad("iso8583.listen", "must differ from operator.listen"));
+        }
+        let framing = self.framing()?;
+        self.bitmap_encoding()?;
+        let max = framing.max_body();
+        if !(ISO_MIN_FRAME_BYTES..=max).contains(&self.max_frame_bytes) {
+            return Err(bad(
+                "iso8583.max_frame_bytes",
+                format!(
+                    "must be {ISO_MIN_FRAME_BYTES}..={max} (the most header = {:?} can express)",
+                    self.header
+                ),
+            ));
+        }
+        if !(1..=ISO_MAX_IN_FLIGHT).contains(&self.max_in_flight_per_connection) {
+            return Err(bad(
+                "iso8583.max_in_flight_per_connection",
+                format!("must be 1..={ISO_MAX_IN_FLIGHT}"),
+            ));
+        }
+        if self.idle_timeout_ms == 0 {
+            return Err(bad("iso8583.idle_timeout_ms", "must be > 0"));
+        }
+        if self.max_connections_per_shard == 0 {
+            return Err(bad("iso8583.max_connections_per_shard", "must be > 0"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Wal {
     fn default() -> Self {
         Wal {
@@ -231,17 +342,20 @@ impl Config {
                 format!("at most {}", crate::domain::SHARDS_MAX),
             ));
         }
-        self.http
+        let http = self
+            .http
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| bad("http.listen", e))?;
-        self.operator
+        let operator = self
+            .operator
             .listen
             .parse::<SocketAddr>()
             .map_err(|e| bad("operator.listen", e))?;
         if self.http.listen == self.operator.listen {
             return Err(bad("operator.listen", "must differ from http.listen"));
         }
+        self.iso8583.validate(&http, &operator)?;
         if !(1024..=1 << 20).contains(&self.http.max_header_bytes) {
             return Err(bad("http.max_header_bytes", "must be 1024..=1048576"));
         }
@@ -338,7 +452,28 @@ mod tests {
         assert_eq!(c.wal.segment_bytes, d.wal.segment_bytes);
         assert_eq!(c.mesh.ring_capacity, d.mesh.ring_capacity);
         assert_eq!(c.idempotency.retention_secs, d.idempotency.retention_secs);
+        assert_eq!(c.iso8583.listen, d.iso8583.listen);
+        assert_eq!(c.iso8583.header, d.iso8583.header);
+        assert_eq!(c.iso8583.bitmap, d.iso8583.bitmap);
+        assert_eq!(c.iso8583.max_frame_bytes, d.iso8583.max_frame_bytes);
+        assert_eq!(
+            c.iso8583.max_in_flight_per_connection,
+            d.iso8583.max_in_flight_per_connection
+        );
+        assert_eq!(c.iso8583.idle_timeout_ms, d.iso8583.idle_timeout_ms);
+        assert_eq!(
+            c.iso8583.max_connections_per_shard,
+            d.iso8583.max_connections_per_shard
+        );
         d.validate().unwrap();
+        assert_eq!(
+            d.iso8583.framing().unwrap(),
+            crate::iso8583::Framing::Binary2
+        );
+        assert_eq!(
+            d.iso8583.bitmap_encoding().unwrap(),
+            crate::iso8583::BitmapEncoding::Binary
+        );
     }
 
     #[test]
@@ -356,6 +491,30 @@ mod tests {
                 "mesh.ring_capacity",
             ),
             ("[http]\nlisten = \"127.0.0.1:9464\"", "operator.listen"),
+            ("[iso8583]\nlisten = \"nowhere\"", "iso8583.listen"),
+            ("[iso8583]\nlisten = \"127.0.0.1:8080\"", "iso8583.listen"),
+            ("[iso8583]\nlisten = \"127.0.0.1:9464\"", "iso8583.listen"),
+            ("[iso8583]\nlisten = \"0.0.0.0:8080\"", "iso8583.listen"),
+            ("[iso8583]\nheader = \"ascii2\"", "iso8583.header"),
+            ("[iso8583]\nbitmap = \"HEX\"", "iso8583.bitmap"),
+            (
+                "[iso8583]\nheader = \"ascii4\"\nmax_frame_bytes = 10000",
+                "iso8583.max_frame_bytes",
+            ),
+            (
+                "[iso8583]\nmax_frame_bytes = 65536",
+                "iso8583.max_frame_bytes",
+            ),
+            ("[iso8583]\nmax_frame_bytes = 10", "iso8583.max_frame_bytes"),
+            (
+                "[iso8583]\nmax_in_flight_per_connection = 0",
+                "iso8583.max_in_flight_per_connection",
+            ),
+            ("[iso8583]\nidle_timeout_ms = 0", "iso8583.idle_timeout_ms"),
+            (
+                "[iso8583]\nmax_connections_per_shard = 0",
+                "iso8583.max_connections_per_shard",
+            ),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
@@ -369,5 +528,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
+        let err = Config::parse("[iso8583]\nmax_frames = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_frames"), "{err}");
+    }
+
+    #[test]
+    fn iso8583_section_overrides() {
+        let c = Config::parse(
+            "[iso8583]\nlisten = \"0.0.0.0:9583\"\nheader = \"ascii4\"\nbitmap = \"hex\"\n\
+             max_frame_bytes = 9999\nmax_in_flight_per_connection = 4\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.iso8583.framing().unwrap(),
+            crate::iso8583::Framing::Ascii4
+        );
+        assert_eq!(
+            c.iso8583.bitmap_encoding().unwrap(),
+            crate::iso8583::BitmapEncoding::HexAscii
+        );
+        assert_eq!(c.iso8583.max_frame_bytes, 9999);
+        assert_eq!(c.iso8583.max_in_flight_per_connection, 4);
+        assert_eq!(c.iso8583.idle_timeout_ms, 300_000);
     }
 }

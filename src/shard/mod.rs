@@ -2,6 +2,7 @@
 //! that names glommio.
 
 pub mod disk;
+pub mod iso_net;
 pub mod mesh;
 pub mod net;
 pub mod routing;

@@ -10,9 +10,11 @@ use crate::domain::{Lsn, ShardId};
 use crate::gateway::idem_index::IdemIndex;
 use crate::gateway::{rebuild_idem_indexes, system_clock, Gateway, GatewayConfig};
 use crate::http::api::Api;
+use crate::iso8583::flows::IsoApi;
 use crate::ledger::{Command, Ledger, COMMAND_VERSION, RECORD_KIND_COMMAND};
 use crate::secrets::PanKey;
 use crate::shard::disk::DmaSegmentDir;
+use crate::shard::iso_net::{IsoLimits, IsoServer};
 use crate::shard::mesh::{start_receivers, Envelope, MeshPeers};
 use crate::shard::net;
 use crate::wal::{recover, FsSource, Recovered, SyncMode, WalConfig, WalWriter};
@@ -402,6 +404,14 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     let api = std::rc::Rc::new(Api::new(gateway.clone(), &admin_key));
     let http = net::HttpServer::bind(&config.http, api)
         .map_err(|e| format!("http.listen {}: {e}", config.http.listen))?;
+    let iso_limits = IsoLimits::from_config(&config.iso8583).map_err(|e| e.to_string())?;
+    let bitmap = config
+        .iso8583
+        .bitmap_encoding()
+        .map_err(|e| e.to_string())?;
+    let iso_api = std::rc::Rc::new(IsoApi::new(gateway.clone(), bitmap));
+    let iso = IsoServer::bind(&config.iso8583.listen, iso_limits, iso_api)
+        .map_err(|e| format!("iso8583.listen {}: {e}", config.iso8583.listen))?;
     let operator = if shard == 0 {
         let ready = shared.clone();
         let ready_fn = move || ready.ready.load(Ordering::SeqCst) == shards as usize;
@@ -415,8 +425,9 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     shared.ready.fetch_add(1, Ordering::SeqCst);
     if shard == 0 {
         info!(
-            "corepay serving: {shards} shards, http {}, operator {}, data {}",
+            "corepay serving: {shards} shards, http {}, iso8583 {}, operator {}, data {}",
             config.http.listen,
+            config.iso8583.listen,
             config.operator.listen,
             config.server.data_dir.display()
         );
@@ -430,9 +441,10 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     // Drain: refuse new work, let in-flight requests and credits finish, flush, stop.
     gateway.stop_accepting();
     http.stop();
+    iso.stop();
     let deadline =
         std::time::Instant::now() + Duration::from_millis(config.server.drain_timeout_ms);
-    while (http.active_requests() > 0 || !gateway.outbox_empty())
+    while (http.active_requests() + iso.active_requests() > 0 || !gateway.outbox_empty())
         && std::time::Instant::now() < deadline
     {
         gateway.tick().await;

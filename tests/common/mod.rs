@@ -26,6 +26,8 @@ pub struct Server {
     pub dir: PathBuf,
     pub http: SocketAddr,
     pub operator: SocketAddr,
+    /// The ISO 8583 listener (`[iso8583] listen`).
+    pub iso: SocketAddr,
     pub shards: u16,
     pub extra_config: String,
     _tmp: Option<tempfile::TempDir>,
@@ -38,7 +40,8 @@ impl Server {
     }
 
     /// Starts with extra TOML appended to the generated configuration (e.g. "[http]\n...").
-    /// Sections already generated: [server], [http] (listen), [operator], [secrets].
+    /// Sections already generated: [server], [http] (listen), [iso8583] (listen), [operator],
+    /// [secrets]; a caller's own [http] or [iso8583] table gets the listen line prepended.
     pub fn start_with(shards: u16, extra_config: &str) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = Server {
@@ -46,6 +49,7 @@ impl Server {
             dir: tmp.path().to_path_buf(),
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             operator: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            iso: SocketAddr::from(([127, 0, 0, 1], free_port())),
             shards,
             extra_config: extra_config.to_string(),
             _tmp: Some(tmp),
@@ -59,7 +63,14 @@ impl Server {
     }
 
     fn write_config(&self) {
-        let extra = &self.extra_config;
+        let mut extra = self.extra_config.clone();
+        let iso_listen = format!("[iso8583]\nlisten = \"{}\"", self.iso);
+        if extra.contains("[iso8583]") {
+            // The caller's [iso8583] table gets our listen address prepended.
+            extra = extra.replace("[iso8583]", &iso_listen);
+        } else {
+            extra = format!("{iso_listen}\n\n{extra}");
+        }
         let has_http = extra.contains("[http]");
         let mut text = format!(
             "[server]\nshards = {}\npin_cores = false\ndata_dir = \"{}\"\ndrain_timeout_ms = 2000\n\n\
@@ -526,5 +537,168 @@ impl Client {
         req.push_str(body);
         self.stream.get_mut().write_all(req.as_bytes())?;
         self.read_response()
+    }
+}
+
+// ---- ISO 8583 over real sockets ------------------------------------------------------------
+
+pub use corepay::iso8583::{
+    decode, encode, write_frame, BitmapEncoding, FrameReader, Framing, Message,
+};
+
+/// A client connection to the ISO 8583 listener: length-header framing of one kind, bitmaps
+/// of one encoding, and a receive buffer for whole frames.
+pub struct IsoClient {
+    pub stream: TcpStream,
+    pub framing: Framing,
+    pub bitmap: BitmapEncoding,
+    buf: Vec<u8>,
+}
+
+impl IsoClient {
+    /// Connects with a 30 s read timeout (a missing answer fails the test, never hangs it).
+    pub fn connect(addr: SocketAddr, framing: Framing, bitmap: BitmapEncoding) -> IsoClient {
+        let stream = TcpStream::connect(addr).expect("connect to the ISO 8583 listener");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        IsoClient {
+            stream,
+            framing,
+            bitmap,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The server's defaults: 2-byte binary header, binary bitmaps.
+    pub fn default_profile(addr: SocketAddr) -> IsoClient {
+        IsoClient::connect(addr, Framing::Binary2, BitmapEncoding::Binary)
+    }
+
+    /// Appends `m`, encoded and framed, to `out` (for pipelining many in one write).
+    pub fn frame_message(&self, m: &Message, out: &mut Vec<u8>) {
+        let mut body = Vec::new();
+        encode(m, self.bitmap, &mut body).expect("a valid test message");
+        write_frame(self.framing, &body, out);
+    }
+
+    /// Sends one message.
+    pub fn send(&mut self, m: &Message) {
+        let mut out = Vec::new();
+        self.frame_message(m, &mut out);
+        self.stream.write_all(&out).expect("send a message");
+    }
+
+    /// Sends `body` inside a correct length header.
+    pub fn send_body(&mut self, body: &[u8]) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        write_frame(self.framing, body, &mut out);
+        self.stream.write_all(&out)
+    }
+
+    /// Sends bytes as they are (headers included).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// The next frame's body; `Ok(None)` when the server closed the connection (EOF or
+    /// reset) before a whole frame arrived; `Err` on a timeout or a frame error.
+    pub fn read_frame(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let reader = FrameReader::new(self.framing, usize::MAX);
+        loop {
+            match reader.next_frame(&self.buf) {
+                Err(e) => return Err(std::io::Error::other(e.to_string())),
+                Ok(Some((header, len))) => {
+                    let body = self.buf[header..header + len].to_vec();
+                    self.buf.drain(..header + len);
+                    return Ok(Some(body));
+                }
+                Ok(None) => {}
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next response, decoded; panics on EOF, timeout or a body that does not decode.
+    pub fn read(&mut self) -> Message {
+        let body = self
+            .read_frame()
+            .expect("a response frame")
+            .expect("a response, not a closed connection");
+        decode(&body, self.bitmap)
+            .unwrap_or_else(|e| panic!("response does not decode ({e}): {:02x?}", body))
+    }
+
+    /// Sends `m` and reads one response.
+    pub fn call(&mut self, m: &Message) -> Message {
+        self.send(m);
+        self.read()
+    }
+}
+
+/// A six-digit STAN.
+pub fn stan(n: u32) -> [u8; 6] {
+    let s = format!("{:06}", n % 1_000_000);
+    s.as_bytes().try_into().unwrap()
+}
+
+/// An 0800 network management request: DE7, DE11 = `stan`, DE70 = `code` (001 sign-on,
+/// 002 sign-off, 301 echo).
+pub fn network_request(stan_n: u32, code: &[u8; 3]) -> Message {
+    let mut m = Message::new(*b"0800");
+    m.set(7, b"0101120000");
+    m.set(11, &stan(stan_n));
+    m.set(70, code);
+    m
+}
+
+/// Asserts an 0810 with 39 = 00 answering `request` (11, 7 and 70 echoed).
+pub fn assert_network_answer(request: &Message, response: &Message) {
+    assert_eq!(&response.mti(), b"0810", "{response:?}");
+    assert_eq!(response.get(39), Some(&b"00"[..]), "{response:?}");
+    for f in [7, 11, 70] {
+        assert_eq!(response.get(f), request.get(f), "DE{f}: {response:?}");
+    }
+}
+
+/// A process's resident set size in KiB, from /proc/<pid>/status.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
+impl Server {
+    /// The child's pid (for /proc); panics when it is not running.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// An ISO 8583 connection with the server's defaults (binary2, binary bitmaps).
+    pub fn iso(&self) -> IsoClient {
+        IsoClient::default_profile(self.iso)
     }
 }
