@@ -514,3 +514,77 @@ pub fn answer(request: &Message, mti: [u8; 4], code: &[u8; 2]) -> Message {
     r.set(39, code);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exchange shown in README.md ("A worked exchange"), byte for byte.
+    const README_0800: &str =
+        "0027303830308220000000000000040000000000000031313231313230303030303030303031303031";
+    const README_0810: &str =
+        "00293038313082200000020000000400000000000000313132313132303030303030303030313030303031";
+    const README_0100: &str = "0066303130307224000100c08000313634323432343234323432343234323432303030303030303030303030303031303030313132313132303030303030303030323330313230363132333435365445524d3030303153484f503120202020202020202020393738";
+
+    fn framed(m: &Message) -> String {
+        let mut body = Vec::new();
+        encode(m, BitmapEncoding::Binary, &mut body).unwrap();
+        let mut out = Vec::new();
+        crate::iso8583::write_frame(crate::iso8583::Framing::Binary2, &body, &mut out);
+        hex::encode(out)
+    }
+
+    #[test]
+    fn the_readme_exchange_is_what_the_code_sends() {
+        let readme = include_str!("../../README.md");
+        let mut sign_on = Message::new(*b"0800");
+        sign_on.set(7, b"1121120000");
+        sign_on.set(11, b"000001");
+        sign_on.set(70, b"001");
+        assert_eq!(framed(&sign_on), README_0800);
+        // The 0810 as `respond` builds it for an 0800.
+        let mut reply = answer(&sign_on, response_mti(sign_on.mti()).unwrap(), b"00");
+        reply.set(70, b"001");
+        assert_eq!(framed(&reply), README_0810);
+        let mut auth = Message::new(*b"0100");
+        for (f, v) in [
+            (2u8, &b"4242424242424242"[..]),
+            (3, b"000000"),
+            (4, b"000000001000"),
+            (7, b"1121120000"),
+            (11, b"000002"),
+            (14, b"3012"),
+            (32, b"123456"),
+            (41, b"TERM0001"),
+            (42, b"SHOP1          "),
+            (49, b"978"),
+        ] {
+            auth.set(f, v);
+        }
+        assert_eq!(framed(&auth), README_0100);
+        for hex in [README_0800, README_0810, README_0100] {
+            assert!(readme.contains(hex), "README.md shows {hex}");
+        }
+    }
+
+    #[test]
+    fn response_mtis() {
+        assert_eq!(response_mti(*b"0100"), Some(*b"0110"));
+        assert_eq!(response_mti(*b"0101"), Some(*b"0110"));
+        assert_eq!(response_mti(*b"0421"), Some(*b"0430"));
+        assert_eq!(response_mti(*b"0300"), Some(*b"0310"));
+        assert_eq!(response_mti(*b"0110"), None);
+        assert_eq!(response_mti(*b"01a0"), None);
+    }
+
+    #[test]
+    fn duplicate_keys_ignore_the_zero_padding_of_de90() {
+        let direct = duplicate_key(b"123456", b"TERM0001", b"000002", b"1121120000");
+        let from_de90 = duplicate_key(b"00000123456", b"TERM0001", b"000002", b"1121120000");
+        assert_eq!(direct, from_de90);
+        assert_ne!(
+            direct,
+            duplicate_key(b"123456", b"TERM0002", b"000002", b"1121120000")
+        );
+    }
+}
