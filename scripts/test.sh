@@ -2,6 +2,9 @@
 # Runs the whole corepay test suite: unit tests, black-box tests against the real binary over
 # real sockets on real data directories (crash and power-loss tests included), and one pass of
 # every criterion benchmark in test mode (to prove they run; figures come from `cargo bench`).
+# The ISO 8583 interoperability test drives the gateway with pyiso8583 from PyPI, which this
+# script installs first (scripts/pyiso8583-env.sh: a venv under the cargo target directory); if
+# that install fails, this script fails: that test is never skipped.
 #
 # Usage: scripts/test.sh            (from anywhere)
 set -euo pipefail
@@ -14,6 +17,14 @@ fi
 
 # glommio uses io_uring with registered buffers: allow locked memory where we may.
 ulimit -l unlimited 2>/dev/null || true
+
+echo "== pyiso8583 (independent ISO 8583 implementation for tests/iso8583_interop.rs)"
+if ! COREPAY_ISO_PYTHON="$(scripts/pyiso8583-env.sh)"; then
+  echo "scripts/test.sh: could not install pyiso8583 (see above); the ISO 8583 interop test cannot run" >&2
+  exit 1
+fi
+export COREPAY_ISO_PYTHON
+echo "   python for the interop test: $COREPAY_ISO_PYTHON"
 
 echo "== unit and integration tests"
 cargo test --workspace --lib --bins --tests -- --test-threads=2
