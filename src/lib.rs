@@ -10,6 +10,7 @@ pub mod iso8583;
 pub mod ledger;
 pub mod logline;
 pub mod metrics;
+pub mod replication;
 pub mod secrets;
 pub mod shard;
 pub mod wal;

@@ -47,6 +47,10 @@ struct Sim {
     in_flight: VecDeque<(u64, i64, Option<usize>)>,
     merchants: Vec<MerchantFacts>,
     eur: Currency,
+    /// Σ of the journal entries replication would store, per journal account.
+    journal: BTreeMap<effects::JournalAccount, i64>,
+    /// Latest account rows replication would store.
+    replica_accounts: BTreeMap<AccountId, AccountView>,
 }
 
 impl Sim {
@@ -57,7 +61,14 @@ impl Sim {
     fn exec(&mut self, shard: ShardId, cmd: Command) -> Outcome {
         let log = &mut self.logs[shard.index()];
         let lsn = Lsn(log.len() as u64 + 1);
-        let outcome = self.ledgers[shard.index()].apply(lsn, &cmd);
+        let (outcome, fx) =
+            effects::apply_with_effects(&mut self.ledgers[shard.index()], lsn, &cmd);
+        for e in fx.journal {
+            *self.journal.entry(e.account).or_default() += e.amount;
+        }
+        for a in fx.accounts {
+            self.replica_accounts.insert(a.id, a);
+        }
         log.push((lsn, cmd));
         outcome
     }
@@ -75,6 +86,8 @@ impl Sim {
             in_flight: VecDeque::new(),
             merchants: Vec::new(),
             eur: Currency::from_alpha("EUR").unwrap(),
+            journal: BTreeMap::new(),
+            replica_accounts: BTreeMap::new(),
         };
         for id in 0..CARD_ACCOUNTS + MERCHANTS {
             let initial = sim.rng.gen_range(0..200_000);
@@ -519,7 +532,35 @@ impl Sim {
                 "payment {p:?}"
             );
         }
+        // What replication derives from the effects matches the ledger itself.
+        for (&id, _) in &self.accounts {
+            let a = self.ledgers[self.shard(id).index()]
+                .account(AccountId(id))
+                .unwrap();
+            let journal = self
+                .journal
+                .get(&effects::JournalAccount::Account(AccountId(id)))
+                .copied();
+            assert_eq!(journal.unwrap_or(0), a.balance, "journal of account {id}");
+            assert_eq!(
+                self.replica_accounts.get(&AccountId(id)),
+                Some(&a),
+                "replicated row of account {id}"
+            );
+        }
+        assert_eq!(
+            self.journal.values().sum::<i64>(),
+            0,
+            "the journal balances"
+        );
         let in_flight: i64 = self.in_flight.iter().map(|&(_, a, _)| a).sum();
+        assert_eq!(
+            self.journal
+                .get(&effects::JournalAccount::InFlight)
+                .copied()
+                .unwrap_or(0),
+            in_flight
+        );
         let mut sum = 0;
         for l in &self.ledgers {
             for t in l.totals().values() {

@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod decline;
+pub mod effects;
 pub mod state;
 
 pub use command::*;

@@ -197,6 +197,25 @@ impl Ledger {
         &self.totals
     }
 
+    /// The sequence the next payment will get.
+    pub fn next_payment_seq(&self) -> u64 {
+        self.next_payment
+    }
+
+    /// The id the next card will get.
+    pub fn next_card_id(&self) -> u64 {
+        self.next_card * crate::domain::SHARDS_MAX as u64 + self.shard.0 as u64
+    }
+
+    /// Payments whose hold expires at or before `now`.
+    pub fn holds_due(&self, now: Millis) -> Vec<u64> {
+        self.holds
+            .iter()
+            .take_while(|&&(at, _)| at <= now)
+            .map(|&(_, seq)| seq)
+            .collect()
+    }
+
     /// The next hold to expire, so the shard knows when to issue `ExpireHolds`.
     pub fn next_hold_expiry(&self) -> Option<Millis> {
         self.holds.iter().next().map(|&(at, _)| at)
@@ -1034,7 +1053,8 @@ fn command_idem(cmd: &Command) -> Option<IdemTag> {
     }
 }
 
-fn command_now(cmd: &Command) -> Option<Millis> {
+/// The time a command carries, if any.
+pub fn command_now(cmd: &Command) -> Option<Millis> {
     match cmd {
         Command::Authorize { now, .. }
         | Command::Capture { now, .. }
