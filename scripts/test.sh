@@ -2,6 +2,9 @@
 # Runs the whole corepay test suite: unit tests, black-box tests against the real binary over
 # real sockets on real data directories (crash and power-loss tests included), and one pass of
 # every criterion benchmark in test mode (to prove they run; figures come from `cargo bench`).
+# PostgreSQL (127.0.0.1:5432, database test) and Redis (127.0.0.1:6379) must be reachable:
+# scripts/services.sh starts them, or installs them from Debian's packages, and this script
+# fails when it cannot (the replication tests are never skipped).
 # The ISO 8583 interoperability test drives the gateway with pyiso8583 from PyPI, which this
 # script installs first (scripts/pyiso8583-env.sh: a venv under the cargo target directory); if
 # that install fails, this script fails: that test is never skipped.
@@ -17,6 +20,12 @@ fi
 
 # glommio uses io_uring with registered buffers: allow locked memory where we may.
 ulimit -l unlimited 2>/dev/null || true
+
+echo "== PostgreSQL and Redis (the replication tests use the real ones)"
+if ! scripts/services.sh; then
+  echo "scripts/test.sh: PostgreSQL or Redis is not reachable (see above); replication cannot be tested" >&2
+  exit 1
+fi
 
 echo "== pyiso8583 (independent ISO 8583 implementation for tests/iso8583_interop.rs)"
 if ! COREPAY_ISO_PYTHON="$(scripts/pyiso8583-env.sh)"; then

@@ -20,7 +20,72 @@ pub struct Config {
     pub payments: Payments,
     pub idempotency: Idempotency,
     pub mesh: Mesh,
+    pub replication: Replication,
     pub secrets: Secrets,
+}
+
+/// Asynchronous sinks; both optional (empty = off).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Replication {
+    /// e.g. "postgres://corepay@127.0.0.1:5432/corepay"; else COREPAY_POSTGRES_URL.
+    pub postgres_url: String,
+    /// Schema holding corepay's tables.
+    pub postgres_schema: String,
+    /// e.g. "redis://127.0.0.1:6379/"; else COREPAY_REDIS_URL.
+    pub redis_url: String,
+    pub redis_stream: String,
+    /// The stream is trimmed to about this many events (XADD MAXLEN ~).
+    pub redis_maxlen: usize,
+    /// Records per batch (one transaction each).
+    pub batch_records: usize,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            postgres_url: String::new(),
+            postgres_schema: "corepay".into(),
+            redis_url: String::new(),
+            redis_stream: "corepay:events".into(),
+            redis_maxlen: 1_000_000,
+            batch_records: 1000,
+        }
+    }
+}
+
+impl fmt::Debug for Replication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URLs may carry passwords.
+        f.debug_struct("Replication")
+            .field("postgres", &!self.postgres_url.is_empty())
+            .field("postgres_schema", &self.postgres_schema)
+            .field("redis", &!self.redis_url.is_empty())
+            .field("redis_stream", &self.redis_stream)
+            .finish()
+    }
+}
+
+impl Replication {
+    /// The PostgreSQL URL: the config's, else COREPAY_POSTGRES_URL; None when off.
+    pub fn postgres(&self) -> Option<String> {
+        let url = if self.postgres_url.is_empty() {
+            std::env::var("COREPAY_POSTGRES_URL").unwrap_or_default()
+        } else {
+            self.postgres_url.clone()
+        };
+        (!url.is_empty()).then_some(url)
+    }
+
+    /// The Redis URL: the config's, else COREPAY_REDIS_URL; None when off.
+    pub fn redis(&self) -> Option<String> {
+        let url = if self.redis_url.is_empty() {
+            std::env::var("COREPAY_REDIS_URL").unwrap_or_default()
+        } else {
+            self.redis_url.clone()
+        };
+        (!url.is_empty()).then_some(url)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -399,6 +464,37 @@ impl Config {
         }
         if self.idempotency.max_keys_per_shard == 0 {
             return Err(bad("idempotency.max_keys_per_shard", "must be > 0"));
+        }
+        let r = &self.replication;
+        if r.batch_records == 0 || r.batch_records > 100_000 {
+            return Err(bad("replication.batch_records", "must be 1..=100000"));
+        }
+        if r.redis_maxlen < 1000 {
+            return Err(bad("replication.redis_maxlen", "must be at least 1000"));
+        }
+        let ident = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if !ident(&r.postgres_schema) {
+            return Err(bad(
+                "replication.postgres_schema",
+                "lower-case letters, digits and _ (at most 63)",
+            ));
+        }
+        if r.redis_stream.is_empty() {
+            return Err(bad("replication.redis_stream", "must not be empty"));
+        }
+        if !r.postgres_url.is_empty() && !r.postgres_url.starts_with("postgres") {
+            return Err(bad(
+                "replication.postgres_url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if !r.redis_url.is_empty() && !r.redis_url.starts_with("redis") {
+            return Err(bad("replication.redis_url", "must start with redis://"));
         }
         if self.mesh.max_in_flight_per_peer == 0 {
             return Err(bad("mesh.max_in_flight_per_peer", "must be > 0"));

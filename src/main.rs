@@ -15,6 +15,7 @@ usage:
   corepay serve [--config FILE]   run the gateway (embedded default: ./data, HTTP 127.0.0.1:8080,
                                   operator 127.0.0.1:9464)
   corepay check-config FILE       validate a configuration file
+  corepay reconcile [--config FILE]  compare PostgreSQL with the WAL; exit 0 only when equal
   corepay wal verify DIR          check every WAL under DIR (a data dir or one shard's wal dir)
   corepay wal dump DIR            print every record under DIR, one per line
   corepay --version";
@@ -32,6 +33,10 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["serve"] => run_serve(None),
         ["serve", "--config", file] | ["serve", "-c", file] => run_serve(Some(Path::new(file))),
+        ["reconcile"] => run_reconcile(None),
+        ["reconcile", "--config", file] | ["reconcile", "-c", file] => {
+            run_reconcile(Some(Path::new(file)))
+        }
         ["check-config", file] => Config::load(Path::new(file))
             .map(|_| println!("{file}: ok"))
             .map_err(|e| e.to_string()),
@@ -65,6 +70,23 @@ fn run_serve(file: Option<&Path>) -> Result<(), String> {
         None => Config::default(),
     };
     serve(config).map_err(|e| e.to_string())
+}
+
+/// Compares PostgreSQL with the WAL; exit 0 only when they match.
+fn run_reconcile(file: Option<&Path>) -> Result<(), String> {
+    let config = match file {
+        Some(f) => Config::load(f).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    let diffs = corepay::replication::reconcile::reconcile(&config)?;
+    if diffs.is_empty() {
+        println!("reconcile: PostgreSQL matches the gateway");
+        return Ok(());
+    }
+    for d in &diffs {
+        println!("{d}");
+    }
+    Err(format!("reconcile: {} differences", diffs.len()))
 }
 
 /// The WAL directories under `dir`: `dir/shard-K/wal` for a data directory, else `dir`.

@@ -533,7 +533,7 @@ impl Sim {
             );
         }
         // What replication derives from the effects matches the ledger itself.
-        for (&id, _) in &self.accounts {
+        for &id in self.accounts.keys() {
             let a = self.ledgers[self.shard(id).index()]
                 .account(AccountId(id))
                 .unwrap();

@@ -285,3 +285,28 @@ fn no_clear_card_number_or_key_is_ever_written() {
         }
     }
 }
+
+#[test]
+fn a_second_gateway_on_the_same_ports_is_refused() {
+    let s = Server::start(2);
+    let other = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(s.config_path()).unwrap().replace(
+        s.dir.join("data").to_str().unwrap(),
+        other.path().to_str().unwrap(),
+    );
+    let file = other.path().join("corepay.toml");
+    std::fs::write(&file, config).unwrap();
+    let out = corepay(&["serve", "--config", file.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "SO_REUSEPORT must not let two gateways share a port"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("http.listen") && err.contains("another process"),
+        "{err}"
+    );
+    // The first one is untouched.
+    let (status, _) = s.admin().get("/v1/ledger");
+    assert_eq!(status, 200);
+}

@@ -380,3 +380,11 @@ pub enum Outcome {
     /// Internal commands (credits, acks, expiry, pruning).
     Done,
 }
+
+/// Decodes one WAL record into a command.
+pub fn decode_command(kind: u8, version: u8, payload: &[u8]) -> Result<Command, String> {
+    if kind != RECORD_KIND_COMMAND || version != COMMAND_VERSION {
+        return Err(format!("unknown record kind {kind} version {version}"));
+    }
+    postcard::from_bytes(payload).map_err(|e| format!("undecodable command: {e}"))
+}

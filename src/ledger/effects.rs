@@ -115,9 +115,13 @@ pub fn apply_with_effects(ledger: &mut Ledger, lsn: Lsn, cmd: &Command) -> (Outc
             });
         }
     }
-    for seq in payments {
-        if let Some(p) = ledger.payment(seq) {
-            fx.payments.push(p.view.clone());
+    // A refused command changed no payment: publishing its rows again would announce a
+    // state change that did not happen.
+    if !matches!(outcome, Outcome::Rejected(_)) {
+        for seq in payments {
+            if let Some(p) = ledger.payment(seq) {
+                fx.payments.push(p.view.clone());
+            }
         }
     }
     match cmd {

@@ -197,6 +197,16 @@ impl Ledger {
         &self.totals
     }
 
+    /// Every account, in no particular order (reconciliation).
+    pub fn all_accounts(&self) -> impl Iterator<Item = AccountView> + '_ {
+        self.accounts.iter().map(|(&id, a)| view_account(id, a))
+    }
+
+    /// Every payment, in no particular order (reconciliation).
+    pub fn all_payments(&self) -> impl Iterator<Item = &PaymentView> {
+        self.payments.values().map(|p| &p.view)
+    }
+
     /// The sequence the next payment will get.
     pub fn next_payment_seq(&self) -> u64 {
         self.next_payment

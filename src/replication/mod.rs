@@ -8,6 +8,12 @@
 //! stores every record exactly once. Never: runs on a shard's executor, delays an
 //! acknowledgement, or stores a PAN, track data or a key.
 
+pub mod postgres;
+pub mod reconcile;
+pub mod redis;
+pub mod runner;
+pub mod source;
+
 use crate::domain::{Lsn, Millis, ShardId};
 use crate::ledger::effects::Effects;
 use std::fmt;
@@ -45,3 +51,89 @@ impl fmt::Display for SinkError {
 }
 
 impl std::error::Error for SinkError {}
+
+/// The running sinks: one runner thread per (sink, shard).
+pub struct Replicators {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    abandon: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    /// (sink name, shard, status) of every runner.
+    pub statuses: Vec<(&'static str, ShardId, std::sync::Arc<runner::SinkStatus>)>,
+}
+
+/// Starts a runner per configured sink and shard. `wal_dirs[k]` is shard k's WAL directory
+/// and `durables[k]` the durable LSN its executor publishes.
+pub fn start(
+    config: &crate::config::Replication,
+    wal_dirs: &[std::path::PathBuf],
+    durables: &[std::sync::Arc<std::sync::atomic::AtomicU64>],
+) -> Replicators {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    assert_eq!(wal_dirs.len(), durables.len());
+    let shards = wal_dirs.len() as u16;
+    let mut r = Replicators {
+        stop: Arc::new(AtomicBool::new(false)),
+        abandon: Arc::new(AtomicBool::new(false)),
+        handles: Vec::new(),
+        statuses: Vec::new(),
+    };
+    type Factory = Box<dyn Fn() -> Box<dyn Sink>>;
+    let mut sinks: Vec<(&'static str, Factory)> = Vec::new();
+    if let Some(url) = config.postgres() {
+        let schema = config.postgres_schema.clone();
+        sinks.push((
+            "postgres",
+            Box::new(move || Box::new(self::postgres::PostgresSink::with_schema(&url, &schema))),
+        ));
+    }
+    if let Some(url) = config.redis() {
+        let (stream, maxlen) = (config.redis_stream.clone(), config.redis_maxlen);
+        sinks.push((
+            "redis",
+            Box::new(move || Box::new(self::redis::RedisSink::new(&url, &stream, maxlen))),
+        ));
+    }
+    for (name, make) in &sinks {
+        for k in 0..shards {
+            let status = Arc::new(runner::SinkStatus::default());
+            let runner = runner::Runner {
+                shard: ShardId(k),
+                shards,
+                wal_dir: wal_dirs[k as usize].clone(),
+                durable: durables[k as usize].clone(),
+                stop: r.stop.clone(),
+                abandon: r.abandon.clone(),
+                batch_records: config.batch_records,
+                status: status.clone(),
+            };
+            r.handles.push(runner.spawn(make()));
+            r.statuses.push((name, ShardId(k), status));
+        }
+        crate::info!("replicating every shard to {name}");
+    }
+    r
+}
+
+impl Replicators {
+    /// At shutdown: lets every runner store what is durable, for at most `timeout`; what is
+    /// left is stored after the next start (the WAL keeps it).
+    pub fn finish(self, timeout: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + timeout;
+        while self.handles.iter().any(|h| !h.is_finished()) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if self.handles.iter().any(|h| !h.is_finished()) {
+            crate::warn!(
+                "replication not caught up at exit; it resumes from the WAL at the next start"
+            );
+        }
+        self.abandon.store(true, Ordering::SeqCst);
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}

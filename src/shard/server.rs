@@ -11,7 +11,7 @@ use crate::gateway::idem_index::IdemIndex;
 use crate::gateway::{rebuild_idem_indexes, system_clock, Gateway, GatewayConfig};
 use crate::http::api::Api;
 use crate::iso8583::flows::IsoApi;
-use crate::ledger::{Command, Ledger, COMMAND_VERSION, RECORD_KIND_COMMAND};
+use crate::ledger::Ledger;
 use crate::secrets::PanKey;
 use crate::shard::disk::DmaSegmentDir;
 use crate::shard::iso_net::{IsoLimits, IsoServer};
@@ -23,7 +23,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +43,8 @@ impl std::error::Error for StartError {}
 const TICK: Duration = Duration::from_millis(20);
 /// How long start-up waits for in-flight credits to be delivered.
 const STARTUP_DRAIN: Duration = Duration::from_secs(30);
+/// How long start-up waits for a listening port that is still taken.
+const PORT_WAIT: Duration = Duration::from_secs(5);
 /// Exit code when the WAL is poisoned (a failed write or fdatasync).
 pub const EXIT_WAL_POISONED: i32 = 70;
 
@@ -51,12 +53,7 @@ pub fn shard_wal_dir(data_dir: &Path, shard: u16) -> PathBuf {
 }
 
 /// Decodes one WAL record into a command.
-pub fn decode_command(kind: u8, version: u8, payload: &[u8]) -> Result<Command, String> {
-    if kind != RECORD_KIND_COMMAND || version != COMMAND_VERSION {
-        return Err(format!("unknown record kind {kind} version {version}"));
-    }
-    postcard::from_bytes(payload).map_err(|e| format!("undecodable command: {e}"))
-}
+pub use crate::ledger::command::decode_command;
 
 /// Replays one shard's WAL into a fresh ledger.
 pub fn recover_shard(
@@ -267,6 +264,39 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         started.elapsed().as_millis()
     );
 
+    // Every shard binds the public ports with SO_REUSEPORT, which would let a second
+    // gateway silently share them: make sure nobody answers on them first. (A connect, not a
+    // bind: a bind would also trip over the TIME_WAIT remains of our own last run.) A gateway
+    // that was just killed may answer a moment longer, hence the bounded wait.
+    for (key, addr) in [
+        ("http.listen", &config.http.listen),
+        ("iso8583.listen", &config.iso8583.listen),
+    ] {
+        let mut target: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|e| StartError(format!("{key} {addr}: {e}")))?;
+        if target.ip().is_unspecified() {
+            target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let deadline = std::time::Instant::now() + PORT_WAIT;
+        while std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
+            if std::time::Instant::now() > deadline {
+                return Err(StartError(format!(
+                    "{key} {addr}: another process is listening on it"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // Each shard publishes its durable LSN here; replication reads up to it, never further.
+    let durables: Vec<Arc<AtomicU64>> = recovered
+        .iter()
+        .map(|r| Arc::new(AtomicU64::new(r.next_lsn.0 - 1)))
+        .collect();
+    let wal_dirs: Vec<PathBuf> = (0..shards).map(|k| shard_wal_dir(&data_dir, k)).collect();
+    let replication = crate::replication::start(&config.replication, &wal_dirs, &durables);
+
     let shutdown = Arc::new(AtomicBool::new(false));
     install_signal_thread(shutdown.clone());
     let shared = Arc::new(Shared {
@@ -295,6 +325,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             pan_key: pan_key.clone(),
             admin_key: admin_key.clone(),
             sync,
+            durable: durables[k].clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("corepay-shard-{k}"))
@@ -304,6 +335,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         handles.push(handle);
     }
     let mut failure = None;
+    let drain = Duration::from_millis(config.server.drain_timeout_ms);
     for (k, h) in handles.into_iter().enumerate() {
         match h.join() {
             Ok(Ok(())) => {}
@@ -311,6 +343,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             Err(e) => failure = Some(StartError(format!("shard {k} panicked: {e:?}"))),
         }
     }
+    replication.finish(drain);
     match failure {
         Some(e) => Err(e),
         None => {
@@ -332,6 +365,7 @@ struct ShardCtx {
     pan_key: PanKey,
     admin_key: String,
     sync: SyncMode,
+    durable: Arc<AtomicU64>,
 }
 
 async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
@@ -347,6 +381,7 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         pan_key,
         admin_key,
         sync,
+        durable,
     } = ctx;
     let (senders, receivers) = mesh
         .join()
@@ -379,6 +414,16 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     };
     let gateway = Gateway::new(gconfig, ledger, wal.clone(), peers, idem, system_clock);
     start_receivers(receivers, gateway.clone());
+    let published = wal.clone();
+    glommio::spawn_local(async move {
+        let mut seen = published.durable_lsn();
+        durable.store(seen.0, Ordering::SeqCst);
+        while let Ok(lsn) = published.wait_durable_past(seen).await {
+            durable.store(lsn.0, Ordering::SeqCst);
+            seen = lsn;
+        }
+    })
+    .detach();
     let flusher_wal = wal.clone();
     let flusher = glommio::spawn_local(async move {
         if let Err(e) = flusher_wal.run_flusher().await {

@@ -284,6 +284,31 @@ impl<D: SegmentDir> WalWriter<D> {
         }
     }
 
+    /// Resolves once the durable LSN has moved past `seen` (or the log is poisoned), with
+    /// the new durable LSN: for publishing it to readers outside the shard (replication).
+    pub async fn wait_durable_past(&self, seen: Lsn) -> Result<Lsn, WalError> {
+        loop {
+            let check = || {
+                let state = self.inner.state.borrow();
+                if state.durable_lsn > seen.0 {
+                    Some(Ok(Lsn(state.durable_lsn)))
+                } else if state.poisoned {
+                    Some(Err(WalError::Poisoned))
+                } else {
+                    None
+                }
+            };
+            if let Some(outcome) = check() {
+                return outcome;
+            }
+            let listener = self.inner.durable.listen();
+            if let Some(outcome) = check() {
+                return outcome;
+            }
+            listener.await;
+        }
+    }
+
     fn durable_outcome(&self, lsn: Lsn) -> Option<Result<(), WalError>> {
         let state = self.inner.state.borrow();
         assert!(

@@ -12,7 +12,21 @@ use std::time::{Duration, Instant};
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
 
 /// A loopback port nobody listens on right now.
+///
+/// Ports come from a block of this process's own, below the kernel's ephemeral range, so
+/// that test binaries running side by side do not hand out the same port (the gateway
+/// binds with SO_REUSEPORT, so a shared port would mix two servers' traffic).
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const BLOCK: u16 = 150;
+    let base = 10_000 + (std::process::id() % 130) as u16 * BLOCK;
+    for _ in 0..BLOCK {
+        let port = base + NEXT.fetch_add(1, Ordering::SeqCst) % BLOCK;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
