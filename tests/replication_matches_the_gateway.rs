@@ -161,10 +161,16 @@ fn postgres_and_redis_match_the_gateway_through_a_crash() {
             );
         }
     }
-    let _: () = redis::cmd("DEL")
-        .arg(&stream)
-        .query(&mut conn)
-        .unwrap_or(());
+    // SIGTERM with the sink threads running: a clean drain, exit 0 (a signal delivered to a
+    // sink thread once killed the process).
+    assert!(s.terminate().success(), "{}", s.log());
+    assert!(s.log().contains("stopped cleanly"));
+    for key in [stream.clone()]
+        .into_iter()
+        .chain((0..3).map(|k| format!("{stream}:progress:{k}")))
+    {
+        let _: () = redis::cmd("DEL").arg(&key).query(&mut conn).unwrap_or(());
+    }
     let mut pg =
         postgres::Client::connect(PG_URL, postgres::NoTls).expect("PostgreSQL must be reachable");
     pg.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))

@@ -128,8 +128,12 @@ impl Runner {
                 .saturating_sub(self.status.stored.load(Ordering::SeqCst));
             if lag > LAG_LOG_RECORDS && last_lag_log.elapsed() > LAG_LOG_EVERY {
                 last_lag_log = Instant::now();
+                let oldest = pending.first().and_then(|r| r.time);
+                let seconds = oldest.map_or(0.0, |t| {
+                    crate::gateway::system_clock().0.saturating_sub(t.0) as f64 / 1000.0
+                });
                 info!(
-                    "{} shard {}: {lag} records behind the WAL",
+                    "{} shard {}: {lag} records ({seconds:.1} s) behind the WAL",
                     sink.name(),
                     self.shard
                 );

@@ -213,6 +213,10 @@ struct Shared {
 
 /// Runs the gateway until SIGTERM/SIGINT. Returns after a clean drain.
 pub fn serve(config: Config) -> Result<(), StartError> {
+    // Before any other thread exists: every thread inherits the blocked signal mask, so that
+    // SIGTERM reaches the signal thread and never kills the process through another thread.
+    let shutdown = Arc::new(AtomicBool::new(false));
+    install_signal_thread(shutdown.clone());
     let shards = config.shard_count();
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
@@ -297,8 +301,6 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let wal_dirs: Vec<PathBuf> = (0..shards).map(|k| shard_wal_dir(&data_dir, k)).collect();
     let replication = crate::replication::start(&config.replication, &wal_dirs, &durables);
 
-    let shutdown = Arc::new(AtomicBool::new(false));
-    install_signal_thread(shutdown.clone());
     let shared = Arc::new(Shared {
         shutdown,
         drained: AtomicUsize::new(0),
