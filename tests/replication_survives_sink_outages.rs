@@ -857,6 +857,7 @@ fn zz_scratch_sigterm_while_hung() {
     let load = Load::start(&s, provision_shops(&s, 2));
     std::thread::sleep(Duration::from_secs(1));
     pg.freeze(true);
+    load.set_phase(1);
     std::thread::sleep(Duration::from_secs(1));
     load.finish("scratch");
     let pid = s.pid() as i32;
