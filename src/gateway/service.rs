@@ -170,15 +170,13 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         amount: i64,
         idem: Option<IdemTag>,
     ) -> Result<Answer, ServiceError> {
-        self.idempotent(idem, |idem| async move {
-            let cmd = Command::ReduceAuthorization {
-                payment: id.seq,
-                merchant: merchant.id.clone(),
-                amount,
-                now: self.now(),
-                idem,
-            };
-            self.execute_at(id.shard, cmd).await
+        let merchant = merchant.id.clone();
+        self.on_payment(id, idem, move |now, idem| Command::ReduceAuthorization {
+            payment: id.seq,
+            merchant,
+            amount,
+            now,
+            idem,
         })
         .await
     }
@@ -315,21 +313,13 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         amount: Option<i64>,
         idem: Option<IdemTag>,
     ) -> Result<Answer, ServiceError> {
-        if id.shard.0 >= self.shards() {
-            return Ok(Answer {
-                outcome: Outcome::Rejected(Reject::PaymentNotFound),
-                replayed: false,
-            });
-        }
-        self.idempotent(idem, |idem| async move {
-            let cmd = Command::Capture {
-                payment: id.seq,
-                merchant: merchant.id.clone(),
-                amount,
-                now: self.now(),
-                idem,
-            };
-            self.execute_at(id.shard, cmd).await
+        let merchant = merchant.id.clone();
+        self.on_payment(id, idem, move |now, idem| Command::Capture {
+            payment: id.seq,
+            merchant,
+            amount,
+            now,
+            idem,
         })
         .await
     }
@@ -340,6 +330,24 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         id: PaymentRef,
         idem: Option<IdemTag>,
     ) -> Result<Answer, ServiceError> {
+        let merchant = merchant.id.clone();
+        self.on_payment(id, idem, move |now, idem| Command::Void {
+            payment: id.seq,
+            merchant,
+            now,
+            idem,
+        })
+        .await
+    }
+
+    /// Runs the command `make` builds on payment `id`'s shard, guarded by `idem`; an id that
+    /// names no shard is simply not found.
+    async fn on_payment(
+        self: &Rc<Self>,
+        id: PaymentRef,
+        idem: Option<IdemTag>,
+        make: impl FnOnce(Millis, Option<IdemTag>) -> Command,
+    ) -> Result<Answer, ServiceError> {
         if id.shard.0 >= self.shards() {
             return Ok(Answer {
                 outcome: Outcome::Rejected(Reject::PaymentNotFound),
@@ -347,13 +355,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             });
         }
         self.idempotent(idem, |idem| async move {
-            let cmd = Command::Void {
-                payment: id.seq,
-                merchant: merchant.id.clone(),
-                now: self.now(),
-                idem,
-            };
-            self.execute_at(id.shard, cmd).await
+            self.execute_at(id.shard, make(self.now(), idem)).await
         })
         .await
     }
