@@ -132,8 +132,18 @@ impl Replicators {
             );
         }
         self.abandon.store(true, Ordering::SeqCst);
+        // A runner blocked inside its sink (a hung server that takes bytes and never answers)
+        // never sees `abandon`: it is left behind, and ends with the process. Its batch was
+        // not committed, so it is stored after the next start like any other.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while self.handles.iter().any(|h| !h.is_finished()) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         for h in self.handles {
-            let _ = h.join();
+            if h.is_finished() {
+                let _ = h.join();
+            }
         }
     }
 }
