@@ -112,7 +112,59 @@ pub fn start(
         }
         crate::info!("replicating every shard to {name}");
     }
+    if !r.statuses.is_empty() {
+        r.handles.push(spawn_monitor(
+            r.statuses.clone(),
+            durables.to_vec(),
+            r.stop.clone(),
+        ));
+    }
     r
+}
+
+/// How often the monitor looks, and how long a batch may take before it says so.
+const MONITOR_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const APPLY_SLOW_MILLIS: u64 = 10_000;
+
+/// Logs what the runners cannot say themselves: a batch stuck in a hung sink, and the backlog
+/// behind each sink while it grows.
+fn spawn_monitor(
+    statuses: Vec<(&'static str, ShardId, std::sync::Arc<runner::SinkStatus>)>,
+    durables: Vec<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    std::thread::Builder::new()
+        .name("corepay-replication-monitor".into())
+        .spawn(move || {
+            let mut last_lag = vec![0u64; statuses.len()];
+            let mut waited = std::time::Duration::ZERO;
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                waited += std::time::Duration::from_millis(100);
+                if waited < MONITOR_EVERY {
+                    continue;
+                }
+                waited = std::time::Duration::ZERO;
+                let now = crate::gateway::system_clock().0;
+                for (i, (name, shard, status)) in statuses.iter().enumerate() {
+                    let durable = durables[shard.index()].load(Ordering::SeqCst);
+                    let lag = durable.saturating_sub(status.stored.load(Ordering::SeqCst));
+                    let started = status.apply_started.load(Ordering::SeqCst);
+                    if started != 0 && now.saturating_sub(started) > APPLY_SLOW_MILLIS {
+                        crate::warn!(
+                            "{name} shard {shard}: a batch has been in flight for {} s (server hung?); \
+                             {lag} records waiting; the gateway keeps serving",
+                            (now - started) / 1000
+                        );
+                    } else if lag > last_lag[i] && lag > 1000 {
+                        crate::warn!("{name} shard {shard}: backlog growing, {lag} records behind the WAL");
+                    }
+                    last_lag[i] = lag;
+                }
+            }
+        })
+        .expect("spawn the replication monitor")
 }
 
 impl Replicators {

@@ -34,6 +34,9 @@ pub struct SinkStatus {
     pub stored: AtomicU64,
     /// Consecutive failures (0 = healthy).
     pub failures: AtomicU64,
+    /// Wall-clock millis when the batch now being stored was handed to the sink (0 = none):
+    /// a sink blocked in a hung server cannot report itself, so the monitor watches this.
+    pub apply_started: AtomicU64,
 }
 
 pub struct Runner {
@@ -112,7 +115,12 @@ impl Runner {
                 std::thread::sleep(POLL);
                 continue;
             }
-            match sink.apply(self.shard, &pending) {
+            self.status
+                .apply_started
+                .store(crate::gateway::system_clock().0, Ordering::SeqCst);
+            let applied = sink.apply(self.shard, &pending);
+            self.status.apply_started.store(0, Ordering::SeqCst);
+            match applied {
                 Ok(()) => {
                     let last = pending.last().expect("non-empty").lsn;
                     self.status.stored.store(last.0, Ordering::SeqCst);
