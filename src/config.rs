@@ -39,6 +39,8 @@ pub struct Replication {
     pub redis_maxlen: usize,
     /// Records per batch (one transaction each).
     pub batch_records: usize,
+    /// CPUs the sink threads may run on; keep them off the shards' cores. Empty = any CPU.
+    pub cores: Vec<usize>,
 }
 
 impl Default for Replication {
@@ -50,6 +52,7 @@ impl Default for Replication {
             redis_stream: "corepay:events".into(),
             redis_maxlen: 1_000_000,
             batch_records: 1000,
+            cores: vec![],
         }
     }
 }
@@ -484,6 +487,19 @@ impl Config {
                 "lower-case letters, digits and _ (at most 63)",
             ));
         }
+        if self.server.pin_cores && !r.cores.is_empty() {
+            let shard_cores: Vec<usize> = if self.server.cores.is_empty() {
+                (0..self.shard_count() as usize).collect()
+            } else {
+                self.server.cores.clone()
+            };
+            if let Some(c) = r.cores.iter().find(|c| shard_cores.contains(c)) {
+                return Err(bad(
+                    "replication.cores",
+                    format!("core {c} runs a shard; sinks must stay off shard cores"),
+                ));
+            }
+        }
         if r.redis_stream.is_empty() {
             return Err(bad("replication.redis_stream", "must not be empty"));
         }
@@ -576,6 +592,18 @@ mod tests {
     fn bad_config_names_the_key_in_one_line() {
         for (text, key) in [
             ("[wal]\nsync = \"sometimes\"", "wal.sync"),
+            (
+                "[server]\nshards = 2\n[replication]\ncores = [1]",
+                "replication.cores",
+            ),
+            (
+                "[replication]\npostgres_url = \"mysql://x\"",
+                "replication.postgres_url",
+            ),
+            (
+                "[replication]\nbatch_records = 0",
+                "replication.batch_records",
+            ),
             ("[http]\nlisten = \"nowhere\"", "http.listen"),
             ("[wal]\nsegment_bytes = 1000", "wal.segment_bytes"),
             (

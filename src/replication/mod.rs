@@ -106,6 +106,7 @@ pub fn start(
                 abandon: r.abandon.clone(),
                 batch_records: config.batch_records,
                 status: status.clone(),
+                cores: config.cores.clone(),
             };
             r.handles.push(runner.spawn(make()));
             r.statuses.push((name, ShardId(k), status));

@@ -51,6 +51,8 @@ pub struct Runner {
     pub abandon: Arc<AtomicBool>,
     pub batch_records: usize,
     pub status: Arc<SinkStatus>,
+    /// CPUs this thread may run on (empty = any).
+    pub cores: Vec<usize>,
 }
 
 impl Runner {
@@ -59,7 +61,10 @@ impl Runner {
         let name = format!("corepay-{}-{}", sink.name(), self.shard.0);
         std::thread::Builder::new()
             .name(name)
-            .spawn(move || self.run(sink.as_mut()))
+            .spawn(move || {
+                pin_to(&self.cores);
+                self.run(sink.as_mut())
+            })
             .expect("spawn a replication thread")
     }
 
@@ -247,6 +252,27 @@ impl Replica {
         match bad {
             Some(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
             None => Ok(n),
+        }
+    }
+}
+
+/// Restricts the calling thread to `cores` (nothing when empty).
+fn pin_to(cores: &[usize]) {
+    if cores.is_empty() {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it for indices
+    // below CPU_SETSIZE, which the check guarantees; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cores.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            warn!(
+                "cannot pin a replication thread to cores {cores:?}: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
