@@ -4,7 +4,6 @@
 //! this machine (scripts/services.sh starts them): if they cannot be reached, this fails.
 mod common;
 use common::*;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -15,25 +14,11 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{:012x}", n & 0xffff_ffff_ffff)
 }
 
-fn reconcile(s: &Server) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_corepay"))
-        .args(["reconcile", "--config"])
-        .arg(s.config_path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// Waits until reconcile passes (replication caught up), or fails the test with its report.
 fn wait_reconciled(s: &Server) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (ok, report) = reconcile(s);
+        let (ok, report) = s.reconcile();
         if ok {
             return;
         }

@@ -408,25 +408,11 @@ fn tail(text: &str, chars: usize) -> &str {
     &text[start..]
 }
 
-fn reconcile(s: &Server) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_corepay"))
-        .args(["reconcile", "--config"])
-        .arg(s.config_path())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// Waits (bounded) until reconcile passes; returns how long it took.
 fn wait_reconciled(s: &Server, pg: &Pg) -> Duration {
     let start = Instant::now();
     loop {
-        let (ok, report) = reconcile(s);
+        let (ok, report) = s.reconcile();
         if ok {
             return start.elapsed();
         }
@@ -696,7 +682,7 @@ fn postgres_stopped_mid_load() {
         tail(&s.log(), 4000)
     );
     println!("stopped: gateway logged: {}", lines.last().unwrap());
-    assert!(!reconcile(&s).0, "reconcile passed with PostgreSQL down");
+    assert!(!s.reconcile().0, "reconcile passed with PostgreSQL down");
     pg.start();
     let back = Instant::now();
     load.set_phase(2);

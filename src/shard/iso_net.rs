@@ -25,6 +25,7 @@ use crate::config;
 use crate::gateway::Peers;
 use crate::iso8583::flows::IsoApi;
 use crate::iso8583::{write_frame, FrameReader, Framing};
+use crate::shard::net::{accept_loop, ListenerState};
 use crate::wal::SegmentDir;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -84,13 +85,6 @@ pub struct IsoServer {
     local_addr: SocketAddr,
 }
 
-struct ListenerState {
-    stopped: Cell<bool>,
-    connections: Cell<usize>,
-    /// Requests taken from a frame and not yet answered or dropped, on all connections.
-    active: Cell<usize>,
-}
-
 impl IsoServer {
     /// Binds `listen` (SO_REUSEPORT: every shard binds the same address) and accepts.
     pub fn bind<H: FrameHandler>(
@@ -102,39 +96,13 @@ impl IsoServer {
         assert!(limits.max_frame <= limits.framing.max_body());
         let listener = TcpListener::bind(listen)?;
         let local_addr = listener.local_addr()?;
-        let state = Rc::new(ListenerState {
-            stopped: Cell::new(false),
-            connections: Cell::new(0),
-            active: Cell::new(0),
-        });
-        let st = state.clone();
-        let task = glommio::spawn_local(async move {
-            loop {
-                let stream = match listener.accept().await {
-                    Ok(s) => s,
-                    Err(_) => {
-                        // Out of descriptors, or an aborted handshake: do not spin.
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                if st.stopped.get() {
-                    break;
-                }
-                if st.connections.get() >= limits.max_connections {
-                    drop(stream); // over the limit: close at once
-                    continue;
-                }
-                st.connections.set(st.connections.get() + 1);
-                let (handler, st2) = (handler.clone(), st.clone());
-                glommio::spawn_local(async move {
-                    connection(stream, handler, limits, st2.clone()).await;
-                    st2.connections.set(st2.connections.get() - 1);
-                })
-                .detach();
-            }
-        })
-        .detach();
+        let state = ListenerState::new();
+        let task = accept_loop(
+            listener,
+            state.clone(),
+            limits.max_connections,
+            move |stream, st| connection(stream, handler.clone(), limits, st),
+        );
         Ok(IsoServer {
             state,
             task,

@@ -23,14 +23,67 @@ async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> Option<T> {
     .await
 }
 
-struct ConnState {
-    stopped: Cell<bool>,
-    connections: Cell<usize>,
-    active: Cell<usize>,
+/// What a listener and its connections share on one shard.
+pub(crate) struct ListenerState {
+    pub(crate) stopped: Cell<bool>,
+    pub(crate) connections: Cell<usize>,
+    /// Requests taken and not yet answered, on all connections.
+    pub(crate) active: Cell<usize>,
+}
+
+impl ListenerState {
+    pub(crate) fn new() -> Rc<ListenerState> {
+        Rc::new(ListenerState {
+            stopped: Cell::new(false),
+            connections: Cell::new(0),
+            active: Cell::new(0),
+        })
+    }
+}
+
+/// Accepts on `listener` until stopped, running `serve` for each connection as its own task;
+/// past `max_connections` open ones, a new connection is closed at once.
+pub(crate) fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    state: Rc<ListenerState>,
+    max_connections: usize,
+    serve: F,
+) -> glommio::task::JoinHandle<()>
+where
+    F: Fn(TcpStream, Rc<ListenerState>) -> Fut + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    glommio::spawn_local(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok(s) => s,
+                Err(_) => {
+                    // Out of descriptors, or an aborted handshake: do not spin.
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            if state.stopped.get() {
+                break;
+            }
+            if state.connections.get() >= max_connections {
+                drop(stream); // over the limit: close at once
+                continue;
+            }
+            state.connections.set(state.connections.get() + 1);
+            let (conn, st) = (serve(stream, state.clone()), state.clone());
+            glommio::spawn_local(async move {
+                conn.await;
+                st.connections.set(st.connections.get() - 1);
+            })
+            .detach();
+        }
+    })
+    .detach()
 }
 
 pub struct HttpServer {
-    state: Rc<ConnState>,
+    state: Rc<ListenerState>,
     task: glommio::task::JoinHandle<()>,
 }
 
@@ -40,11 +93,7 @@ impl HttpServer {
         api: Rc<Api<D, P>>,
     ) -> std::io::Result<HttpServer> {
         let listener = TcpListener::bind(cfg.listen.as_str())?;
-        let state = Rc::new(ConnState {
-            stopped: Cell::new(false),
-            connections: Cell::new(0),
-            active: Cell::new(0),
-        });
+        let state = ListenerState::new();
         let limits = Limits {
             max_header_bytes: cfg.max_header_bytes,
             max_headers: cfg.max_headers,
@@ -53,33 +102,15 @@ impl HttpServer {
         let request_timeout = Duration::from_millis(cfg.request_timeout_ms);
         let idle_timeout = Duration::from_millis(cfg.idle_timeout_ms);
         let max_connections = cfg.max_connections_per_shard;
-        let st = state.clone();
-        let task = glommio::spawn_local(async move {
-            loop {
-                let stream = match listener.accept().await {
-                    Ok(s) => s,
-                    Err(_) => {
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                if st.stopped.get() {
-                    break;
-                }
-                if st.connections.get() >= max_connections {
-                    drop(stream); // over the limit: close at once
-                    continue;
-                }
-                st.connections.set(st.connections.get() + 1);
-                let (api, st2) = (api.clone(), st.clone());
-                glommio::spawn_local(async move {
-                    connection(stream, &api, limits, request_timeout, idle_timeout, &st2).await;
-                    st2.connections.set(st2.connections.get() - 1);
-                })
-                .detach();
-            }
-        })
-        .detach();
+        let task = accept_loop(
+            listener,
+            state.clone(),
+            max_connections,
+            move |stream, st| {
+                let api = api.clone();
+                async move { connection(stream, &api, limits, request_timeout, idle_timeout, &st).await }
+            },
+        );
         Ok(HttpServer { state, task })
     }
 
@@ -100,7 +131,7 @@ async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
     limits: Limits,
     request_timeout: Duration,
     idle_timeout: Duration,
-    state: &ConnState,
+    state: &ListenerState,
 ) {
     let _ = stream.set_nodelay(true);
     let mut reader = RequestReader::new(stream, limits);

@@ -716,3 +716,20 @@ impl Server {
         IsoClient::default_profile(self.iso)
     }
 }
+
+impl Server {
+    /// Runs `corepay reconcile` with this server's config: (matched, its report).
+    pub fn reconcile(&self) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_corepay"))
+            .args(["reconcile", "--config"])
+            .arg(self.config_path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
