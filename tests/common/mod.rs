@@ -34,6 +34,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Fresh-port attempts for a server's first start.
+const FIRST_START_TRIES: usize = 3;
+
 /// One running gateway process.
 pub struct Server {
     pub child: Option<Child>,
@@ -68,6 +71,18 @@ impl Server {
             extra_config: extra_config.to_string(),
             _tmp: Some(tmp),
         };
+        // A port just given up by an earlier test can still refuse a second SO_REUSEPORT
+        // bind while its connections linger in TIME_WAIT: on a first start only, try fresh
+        // ports a few times before calling it a failure.
+        for _ in 0..FIRST_START_TRIES - 1 {
+            if s.try_spawn().is_ok() {
+                return s;
+            }
+            let _ = std::fs::remove_dir_all(s.dir.join("data"));
+            s.http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            s.operator = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            s.iso = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        }
         s.spawn();
         s
     }
@@ -104,6 +119,14 @@ impl Server {
 
     /// Starts the process and waits until /readyz answers 200.
     pub fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("corepay exited during start-up; log:\n{log}");
+        }
+    }
+
+    /// Like `spawn`, but a start-up that fails because a port is taken is an `Err` with the
+    /// log, not a panic.
+    fn try_spawn(&mut self) -> Result<(), String> {
         self.write_config();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -122,13 +145,15 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "corepay exited during start-up with {status}; log:\n{}",
-                    self.log()
-                );
+                self.child = None;
+                let log = self.log();
+                if log.contains("Address already in use") {
+                    return Err(log);
+                }
+                panic!("corepay exited during start-up with {status}; log:\n{log}");
             }
             if let Ok((200, _, _)) = raw_get(self.operator, "/readyz") {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
