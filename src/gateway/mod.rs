@@ -205,6 +205,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             return Ok(());
         }
         let lsn = self.wal.last_lsn();
+        if lsn.0 == 0 {
+            return Ok(()); // nothing was ever appended: nothing to wait for
+        }
         self.wal
             .wait_durable(lsn)
             .await

@@ -1,0 +1,320 @@
+//! A load scenario: what to send, how fast, for how long. Read from a TOML file in
+//! perf/scenarios/ and then overridden by flags, so a run is always reproducible from its
+//! JSON result (which records the scenario it ran).
+
+use crate::cli::Args;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http,
+    Iso8583,
+}
+
+/// What the target is: corepay (provisioned, checked afterwards) or a baseline responder,
+/// which answers without state (no provisioning, no closing check).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Corepay,
+    Responder,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    /// A name for reports.
+    pub label: String,
+    pub protocol: Protocol,
+    pub target: Target,
+    /// Where the load goes (HTTP API or ISO 8583 listener).
+    pub addr: SocketAddr,
+    /// corepay's HTTP API, for provisioning and the closing check (ISO runs too).
+    pub admin_addr: SocketAddr,
+    /// corepay's operator listener (/metrics), for the approved-count cross-check; optional.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The admin key; else the environment variable COREPAY_ADMIN_KEY.
+    pub admin_key: Option<String>,
+    pub connections: usize,
+    /// Most requests in flight per connection (HTTP pipelining depth / ISO window).
+    pub window: usize,
+    /// Requests per second, spread evenly (open loop).
+    pub rate: f64,
+    pub duration_s: f64,
+    /// Excluded from every figure (still sent and accounted for).
+    pub warmup_s: f64,
+    /// How long to wait for answers after the last scheduled send.
+    pub drain_s: f64,
+    /// Core to pin the load generator to (None: unpinned).
+    pub core: Option<usize>,
+    pub workload: Workload,
+    pub mix: Mix,
+    pub sweep: Sweep,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Workload {
+    /// Card accounts (each with one card) provisioned through /v1/provision.
+    pub accounts: u64,
+    pub first_account_id: u64,
+    pub merchants: usize,
+    pub currency: String,
+    pub balance: String,
+    pub card_bin: String,
+    /// Share of payments whose card account lives on another shard than the merchant's
+    /// settlement account (0..1; only possible with more than one shard).
+    pub cross_shard: f64,
+    /// Share of requests sent by merchant 0 (0 = merchants chosen uniformly).
+    pub hot_merchant: f64,
+    /// Payment amounts are drawn uniformly from 1.00 up to this many minor units.
+    pub max_amount_minor: u64,
+    pub seed: u64,
+}
+
+/// Relative weights of the operations.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mix {
+    pub authorize: u32,
+    pub sale: u32,
+    pub capture: u32,
+    pub void: u32,
+    pub refund: u32,
+    pub balance: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sweep {
+    pub start_rate: f64,
+    /// Each step multiplies the rate by this factor...
+    pub factor: f64,
+    /// ...until p99 exceeds this bound (ms), or the rate exceeds `max_rate`.
+    pub p99_bound_ms: f64,
+    pub max_rate: f64,
+    /// Duration of each step (seconds; its warm-up is `warmup_s`).
+    pub step_s: f64,
+    /// After the first failing step, bisect between the last good and the first bad rate
+    /// this many times.
+    pub refine: u32,
+}
+
+impl Default for Scenario {
+    fn default() -> Scenario {
+        Scenario {
+            label: "corepay".into(),
+            protocol: Protocol::Http,
+            target: Target::Corepay,
+            addr: "127.0.0.1:8080".parse().unwrap(),
+            admin_addr: "127.0.0.1:8080".parse().unwrap(),
+            metrics_addr: None,
+            admin_key: None,
+            connections: 8,
+            window: 16,
+            rate: 1000.0,
+            duration_s: 10.0,
+            warmup_s: 2.0,
+            drain_s: 5.0,
+            core: None,
+            workload: Workload::default(),
+            mix: Mix::default(),
+            sweep: Sweep::default(),
+        }
+    }
+}
+
+impl Default for Workload {
+    fn default() -> Workload {
+        Workload {
+            accounts: 10_000,
+            first_account_id: 1_000_000,
+            merchants: 10,
+            currency: "EUR".into(),
+            balance: "1000000.00".into(),
+            card_bin: "400000".into(),
+            cross_shard: 0.0,
+            hot_merchant: 0.0,
+            max_amount_minor: 10_000,
+            seed: 1,
+        }
+    }
+}
+
+impl Default for Mix {
+    fn default() -> Mix {
+        Mix {
+            authorize: 1,
+            sale: 0,
+            capture: 0,
+            void: 0,
+            refund: 0,
+            balance: 0,
+        }
+    }
+}
+
+impl Default for Sweep {
+    fn default() -> Sweep {
+        Sweep {
+            start_rate: 1000.0,
+            factor: 1.5,
+            p99_bound_ms: 5.0,
+            max_rate: 1_000_000.0,
+            step_s: 10.0,
+            refine: 3,
+        }
+    }
+}
+
+impl Scenario {
+    /// `--scenario FILE` (if given), then the flags that override single keys.
+    pub fn from_args(args: &Args) -> Result<Scenario, String> {
+        let mut s = match args.get("scenario") {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| format!("scenario {path}: {e}"))?;
+                toml::from_str::<Scenario>(&text).map_err(|e| {
+                    format!(
+                        "scenario {path}: {}",
+                        e.message().lines().next().unwrap_or("")
+                    )
+                })?
+            }
+            None => Scenario::default(),
+        };
+        if let Some(v) = args.get("label") {
+            s.label = v.into();
+        }
+        if let Some(v) = args.get("protocol") {
+            s.protocol = match v {
+                "http" => Protocol::Http,
+                "iso8583" | "iso" => Protocol::Iso8583,
+                _ => return Err(format!("--protocol: http or iso8583, not {v:?}")),
+            };
+        }
+        if let Some(v) = args.get("target") {
+            s.target = match v {
+                "corepay" => Target::Corepay,
+                "responder" => Target::Responder,
+                _ => return Err(format!("--target: corepay or responder, not {v:?}")),
+            };
+        }
+        macro_rules! set {
+            ($($flag:literal => $field:expr),* $(,)?) => {
+                $( if let Some(v) = args.parsed($flag)? { $field = v; } )*
+            };
+        }
+        set! {
+            "addr" => s.addr,
+            "admin-addr" => s.admin_addr,
+            "connections" => s.connections,
+            "window" => s.window,
+            "rate" => s.rate,
+            "duration" => s.duration_s,
+            "warmup" => s.warmup_s,
+            "drain" => s.drain_s,
+            "accounts" => s.workload.accounts,
+            "first-account" => s.workload.first_account_id,
+            "merchants" => s.workload.merchants,
+            "cross-shard" => s.workload.cross_shard,
+            "hot-merchant" => s.workload.hot_merchant,
+            "seed" => s.workload.seed,
+            "start-rate" => s.sweep.start_rate,
+            "factor" => s.sweep.factor,
+            "p99-bound-ms" => s.sweep.p99_bound_ms,
+            "max-rate" => s.sweep.max_rate,
+            "step" => s.sweep.step_s,
+            "refine" => s.sweep.refine,
+        }
+        if let Some(v) = args.parsed::<SocketAddr>("metrics-addr")? {
+            s.metrics_addr = Some(v);
+        }
+        if let Some(v) = args.parsed::<usize>("core")? {
+            s.core = Some(v);
+        }
+        if let Some(v) = args.get("admin-key") {
+            s.admin_key = Some(v.into());
+        }
+        if let Some(v) = args.get("mix") {
+            s.mix = Mix::parse(v)?;
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |k: &str, why: &str| Err(format!("{k}: {why}"));
+        if self.connections == 0 || self.connections > 10_000 {
+            return bad("connections", "1 to 10000");
+        }
+        if self.window == 0 || self.window > 4096 {
+            return bad("window", "1 to 4096");
+        }
+        if !(self.rate > 0.0 && self.rate.is_finite()) {
+            return bad("rate", "a positive number of requests per second");
+        }
+        if !(self.duration_s > 0.0) || self.warmup_s < 0.0 || self.drain_s < 0.0 {
+            return bad("duration_s", "positive (warmup_s and drain_s not negative)");
+        }
+        if !(0.0..=1.0).contains(&self.workload.cross_shard) {
+            return bad("workload.cross_shard", "a share from 0 to 1");
+        }
+        if !(0.0..=1.0).contains(&self.workload.hot_merchant) {
+            return bad("workload.hot_merchant", "a share from 0 to 1");
+        }
+        if self.workload.merchants == 0 || self.workload.accounts == 0 {
+            return bad(
+                "workload.merchants",
+                "at least one merchant and one account",
+            );
+        }
+        if self.workload.card_bin.len() != 6
+            || !self.workload.card_bin.bytes().all(|b| b.is_ascii_digit())
+        {
+            return bad("workload.card_bin", "six digits");
+        }
+        if self.workload.max_amount_minor < 100 {
+            return bad("workload.max_amount_minor", "at least 100");
+        }
+        if self.mix.total() == 0 {
+            return bad("mix", "at least one operation with a weight");
+        }
+        if !(self.sweep.factor > 1.0) || !(self.sweep.start_rate > 0.0) {
+            return bad("sweep.factor", "greater than 1 (and start_rate positive)");
+        }
+        Ok(())
+    }
+}
+
+impl Mix {
+    pub fn total(&self) -> u32 {
+        self.authorize + self.sale + self.capture + self.void + self.refund + self.balance
+    }
+
+    /// `authorize=60,sale=20,capture=10,void=5,refund=5` (missing names weigh 0).
+    pub fn parse(text: &str) -> Result<Mix, String> {
+        let mut m = Mix {
+            authorize: 0,
+            ..Mix::default()
+        };
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("--mix: {part:?} is not name=weight"))?;
+            let v: u32 = v.parse().map_err(|_| format!("--mix: bad weight {v:?}"))?;
+            match k {
+                "authorize" => m.authorize = v,
+                "sale" => m.sale = v,
+                "capture" => m.capture = v,
+                "void" => m.void = v,
+                "refund" => m.refund = v,
+                "balance" => m.balance = v,
+                _ => return Err(format!("--mix: unknown operation {k:?}")),
+            }
+        }
+        Ok(m)
+    }
+}
