@@ -430,27 +430,30 @@ async fn connection(
         };
         let result = futures_lite::future::or(reader, writer).await;
         // Whatever was in flight on this connection is lost with it.
-        let mut c = conn.borrow_mut();
-        let mut lost: Vec<InFlight> = c.http.drain(..).collect();
-        lost.extend(c.iso.drain().map(|(_, f)| f));
-        drop(c);
-        let mut sh = shared.borrow_mut();
-        let now = Instant::now();
-        for f in &lost {
-            sh.in_flight -= 1;
-            if sh.stopped {
-                sh.stats.unanswered_all += 1;
-                continue;
+        let lost: Vec<InFlight> = {
+            let mut c = conn.borrow_mut();
+            let mut lost: Vec<InFlight> = c.http.drain(..).collect();
+            lost.extend(c.iso.drain().map(|(_, f)| f));
+            lost
+        };
+        let finished = {
+            let mut sh = shared.borrow_mut();
+            let now = Instant::now();
+            for f in &lost {
+                sh.in_flight -= 1;
+                if sh.stopped {
+                    sh.stats.unanswered_all += 1;
+                    continue;
+                }
+                sh.stats.lost_all += 1;
+                if f.p.measured {
+                    sh.last_measured_answer = Some(now);
+                    *sh.stats.errors.entry("connection_lost".into()).or_default() += 1;
+                    sh.stats.per_op_counts[f.p.op.kind as usize][3] += 1;
+                }
             }
-            sh.stats.lost_all += 1;
-            if f.p.measured {
-                sh.last_measured_answer = Some(now);
-                *sh.stats.errors.entry("connection_lost".into()).or_default() += 1;
-                sh.stats.per_op_counts[f.p.op.kind as usize][3] += 1;
-            }
-        }
-        let finished = sh.finished();
-        drop(sh);
+            sh.finished()
+        };
         if result.is_ok() || finished {
             return;
         }

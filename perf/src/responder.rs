@@ -27,9 +27,13 @@
 //!   else: a ceiling for corepay with its WAL.
 //!
 //! Answers on one connection are written in order; all the answers to the requests taken
-//! from one read go out in one write (after one durability wait in durable mode).
+//! from one read go out in one write (after one durability wait in durable mode). corepay
+//! writes each HTTP answer as soon as it is ready; batching can only raise the ceiling.
 //!
 //! `run` blocks until SIGTERM or SIGINT and then returns `Ok(())`.
+
+// `x % n == 0` rather than `is_multiple_of` (Rust 1.87): corepay's MSRV is 1.85.
+#![allow(clippy::manual_is_multiple_of)]
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -263,8 +267,14 @@ async fn setup(opts: &ResponderOpts) -> io::Result<(Option<SocketAddr>, Option<S
     Ok(addrs)
 }
 
+/// Binds `addr`, refusing a port another socket listens on: glommio binds with
+/// SO_REUSEPORT (as corepay's shards do), so without the check a second server on the same
+/// port (a corepay left running, say) would silently share the benchmark's connections.
 fn bind(addr: SocketAddr, what: &str) -> io::Result<(TcpListener, SocketAddr)> {
     let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot bind {what} {addr}: {e}"));
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr).map_err(named)?);
+    }
     let listener = TcpListener::bind(addr).map_err(|e| named(e.into()))?;
     let local = listener.local_addr().map_err(|e| named(e.into()))?;
     Ok((listener, local))
@@ -449,7 +459,8 @@ enum Parsed {
 }
 
 /// Frames the first request of `pending` as corepay does (`http::wire`): httparse heads,
-/// `Content-Length` bodies only, corepay's limits.
+/// `Content-Length` bodies only, corepay's limits. Whatever corepay refuses (with 400, 411,
+/// 413 or 431) is `Bad` here.
 fn parse_http(pending: &[u8], limits: &config::Http) -> Parsed {
     let mut slots = [httparse::EMPTY_HEADER; HEADER_SLOTS];
     let mut request = httparse::Request::new(&mut slots[..limits.max_headers.min(HEADER_SLOTS)]);
@@ -1379,5 +1390,17 @@ mod tests {
             .err()
             .expect("the port is taken");
         assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        drop(taken);
+
+        // Taken by another responder, whose listener has SO_REUSEPORT: refused as well.
+        let h = Harness::start(None);
+        let opts = ResponderOpts {
+            iso: h.running.as_ref().unwrap().iso,
+            ..opts
+        };
+        let err = start(&opts, Arc::new(AtomicBool::new(true)))
+            .err()
+            .expect("the port is taken");
+        assert!(err.to_string().contains("cannot bind iso 8583"), "{err}");
     }
 }

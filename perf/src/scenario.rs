@@ -256,7 +256,10 @@ impl Scenario {
         if !(self.rate > 0.0 && self.rate.is_finite()) {
             return bad("rate", "a positive number of requests per second");
         }
-        if !(self.duration_s > 0.0) || self.warmup_s < 0.0 || self.drain_s < 0.0 {
+        if self.duration_s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            || self.warmup_s < 0.0
+            || self.drain_s < 0.0
+        {
             return bad("duration_s", "positive (warmup_s and drain_s not negative)");
         }
         if !(0.0..=1.0).contains(&self.workload.cross_shard) {
@@ -282,7 +285,9 @@ impl Scenario {
         if self.mix.total() == 0 {
             return bad("mix", "at least one operation with a weight");
         }
-        if !(self.sweep.factor > 1.0) || !(self.sweep.start_rate > 0.0) {
+        if self.sweep.factor.partial_cmp(&1.0) != Some(std::cmp::Ordering::Greater)
+            || self.sweep.start_rate.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        {
             return bad("sweep.factor", "greater than 1 (and start_rate positive)");
         }
         Ok(())

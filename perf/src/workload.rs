@@ -210,7 +210,7 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next() >> 11) as u128 * n as u128 >> 53) as u64
+        (((self.next() >> 11) as u128 * n as u128) >> 53) as u64
     }
     pub fn chance(&mut self, p: f64) -> bool {
         p > 0.0 && ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
@@ -404,8 +404,10 @@ mod tests {
 
     #[test]
     fn dependent_operations_use_approved_payments_once() {
-        let mut s = Scenario::default();
-        s.mix = crate::scenario::Mix::parse("capture=1").unwrap();
+        let s = Scenario {
+            mix: crate::scenario::Mix::parse("capture=1").unwrap(),
+            ..Scenario::default()
+        };
         let mut g = Generator::new(&s, world(1));
         // Nothing approved: a capture becomes an authorization.
         assert_eq!(g.next_op().kind, OpKind::Authorize);
