@@ -323,3 +323,45 @@ impl Mix {
         Ok(m)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_scenario_parses_and_is_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let s: Scenario =
+                toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            s.validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                path.to_str().unwrap().contains(&s.label),
+                "{}",
+                path.display()
+            );
+            n += 1;
+        }
+        assert!(n >= 4);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_by_name() {
+        let e = toml::from_str::<Scenario>("rate = 10.0\nconection = 3\n").unwrap_err();
+        assert!(e.message().contains("conection"), "{e}");
+        let s = Scenario {
+            window: 0,
+            ..Scenario::default()
+        };
+        assert_eq!(s.validate().unwrap_err(), "window: 1 to 4096");
+        assert!(Mix::parse("authorize=1,refnd=2")
+            .unwrap_err()
+            .contains("refnd"));
+        let m = Mix::parse("sale=3,balance=1").unwrap();
+        assert_eq!((m.authorize, m.sale, m.balance, m.total()), (0, 3, 1, 4));
+    }
+}

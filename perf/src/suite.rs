@@ -725,7 +725,7 @@ pub fn table(r: &SuiteResult) -> String {
         ) {
             let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
             let p99 = |x: &Row| x.half.as_ref().map_or(0.0, |h| h.latency.p99);
-            let _ = writeln!(
+            let _ = write!(
                 o,
                 "\nRatios: corepay / do-nothing rate {:.2} (target ≥ 0.60); corepay / durable ceiling rate {:.2} (target ≥ 0.90); \
                  corepay p99 / durable ceiling p99 at {half_rate:.0}/s {:.2} (target ≤ 1.5)",
@@ -734,12 +734,13 @@ pub fn table(r: &SuiteResult) -> String {
                 ratio(p99(c), p99(d)),
             );
             if let Some(pg) = &r.pgbench {
-                let _ = writeln!(
+                let _ = write!(
                     o,
                     "; corepay rate / pgbench TPS {:.1} (target ≥ 10)",
                     ratio(c.sustainable_rate, pg.tps)
                 );
             }
+            o.push('\n');
         }
         o.push('\n');
     }
