@@ -18,6 +18,7 @@
 //!
 //! Figures are machine-relative: compare runs made side by side on the same machine.
 
+mod common;
 use corepay::domain::{AccountId, Currency, Lsn, Millis, ShardId};
 use corepay::gateway::idem_index::IdemIndex;
 use corepay::gateway::msg::IdemBegin;
@@ -302,35 +303,6 @@ fn bench_http_reply(c: &mut Criterion) {
     g.finish();
 }
 
-/// The 0100 of `iso8583.rs`.
-fn authorization_0100() -> Message {
-    let mut msg = Message::new(*b"0100");
-    let fields: [(u8, &[u8]); 18] = [
-        (2, b"4111111111111111"),
-        (3, b"000000"),
-        (4, b"000000012550"),
-        (7, b"0615120000"),
-        (11, b"000001"),
-        (12, b"120000"),
-        (13, b"0615"),
-        (14, b"2712"),
-        (18, b"5411"),
-        (22, b"051"),
-        (25, b"00"),
-        (32, b"12345678901"),
-        (35, b"4111111111111111=27121010000012300000"),
-        (37, b"000000000001"),
-        (41, b"TERM0001"),
-        (42, b"MERCHANT0000001"),
-        (43, b"CORNER SHOP            LONDON         GB"),
-        (49, b"978"),
-    ];
-    for (field, value) in fields {
-        msg.set(field, value);
-    }
-    msg
-}
-
 /// The approved 0110 as `IsoApi::respond` builds it.
 fn approved_0110(request: &Message) -> Message {
     let mut r = answer(request, response_mti(request.mti()).unwrap(), b"00");
@@ -341,7 +313,7 @@ fn approved_0110(request: &Message) -> Message {
 fn bench_iso8583_flow(c: &mut Criterion) {
     let mut g = c.benchmark_group("iso8583_flow");
     g.throughput(Throughput::Elements(1));
-    let request = authorization_0100();
+    let request = common::authorization();
     g.bench_function("duplicate_key", |b| {
         b.iter(|| {
             let m = black_box(&request);
