@@ -19,6 +19,7 @@ pub struct Config {
     pub wal: Wal,
     pub payments: Payments,
     pub idempotency: Idempotency,
+    pub state: State,
     pub mesh: Mesh,
     pub replication: Replication,
     pub secrets: Secrets,
@@ -168,6 +169,48 @@ pub struct Payments {
 pub struct Idempotency {
     pub retention_secs: u64,
     pub max_keys_per_shard: usize,
+}
+
+/// The per-shard store and the memory in front of it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct State {
+    /// Memory per shard for payments and the store's page cache together, in MiB.
+    pub cache_mb: usize,
+    /// How often the store's state is made durable (a checkpoint); restart replays at most
+    /// about this much WAL.
+    pub checkpoint_interval_ms: u64,
+    /// Threads per shard that read cold payments from the store.
+    pub read_threads: usize,
+    /// A cold read that waited longer than this is answered 503 / 91.
+    pub read_timeout_ms: u64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            cache_mb: 128,
+            checkpoint_interval_ms: 1000,
+            read_threads: 2,
+            read_timeout_ms: 50,
+        }
+    }
+}
+
+/// Bytes one payment takes in a window, for sizing windows from `state.cache_mb` (a
+/// `Payment` and its strings, measured with the allocator's rounding, plus slot overhead).
+pub const PAYMENT_SLOT_BYTES: usize = 512;
+
+impl State {
+    /// (payments in the shard's window, payments in the store writer's window, page cache
+    /// bytes): half the budget for the store's page cache, three quarters of the rest for the
+    /// shard's window.
+    pub fn budget(&self) -> (usize, usize, usize) {
+        let total = self.cache_mb << 20;
+        let pages = total / 2;
+        let windows = (total - pages) / PAYMENT_SLOT_BYTES;
+        (windows * 3 / 4, windows / 4, pages)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -467,6 +510,19 @@ impl Config {
         }
         if self.idempotency.max_keys_per_shard == 0 {
             return Err(bad("idempotency.max_keys_per_shard", "must be > 0"));
+        }
+        let st = &self.state;
+        if !(16..=65_536).contains(&st.cache_mb) {
+            return Err(bad("state.cache_mb", "must be 16..=65536"));
+        }
+        if !(10..=600_000).contains(&st.checkpoint_interval_ms) {
+            return Err(bad("state.checkpoint_interval_ms", "must be 10..=600000"));
+        }
+        if !(1..=64).contains(&st.read_threads) {
+            return Err(bad("state.read_threads", "must be 1..=64"));
+        }
+        if !(1..=60_000).contains(&st.read_timeout_ms) {
+            return Err(bad("state.read_timeout_ms", "must be 1..=60000"));
         }
         let r = &self.replication;
         if r.batch_records == 0 || r.batch_records > 100_000 {

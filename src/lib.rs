@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod replication;
 pub mod secrets;
 pub mod shard;
+pub mod store;
 pub mod wal;

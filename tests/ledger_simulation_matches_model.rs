@@ -503,7 +503,8 @@ impl Sim {
         self.now += 500_000;
         let now = Millis(self.now);
         for s in 0..SHARDS {
-            self.exec(ShardId(s), Command::ExpireHolds { now });
+            let payments = self.ledgers[s as usize].holds_due_in_memory(now, usize::MAX);
+            self.exec(ShardId(s), Command::ExpireHolds { now, payments });
         }
         for p in &mut self.payments {
             if p.status == PaymentStatus::Authorized && p.expires_at <= now {

@@ -91,6 +91,7 @@ fn run(seed: u64, ack_before_durable: bool) -> Vec<String> {
             Alone,
             IdemIndex::new(86_400_000, 1000),
             clock,
+            None,
         );
         let flusher = wal.clone();
         glommio::spawn_local(async move {

@@ -13,6 +13,7 @@ use crate::domain::{Lsn, Millis, ShardId};
 use crate::gateway::idem_index::IdemIndex;
 use crate::gateway::msg::*;
 use crate::ledger::*;
+use crate::store::reader::StoreReader;
 use crate::wal::{SegmentDir, WalWriter};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -93,7 +94,19 @@ pub struct Gateway<D: SegmentDir, P: Peers> {
     clock: fn() -> Millis,
     pub shed: Cell<u64>,
     pub requests: Cell<u64>,
+    /// The shard's store: cold payments and due holds (`None`: every payment is in memory).
+    store: Option<StoreReader>,
+    /// Payments being read from the store, with the requests waiting for the same read.
+    fetching: RefCell<HashMap<u64, Vec<futures::channel::oneshot::Sender<()>>>>,
+    last_expiry_scan: Cell<u64>,
+    /// Cold reads served, and requests shed because the store could not answer in time or
+    /// the payment window had no room.
+    pub cold_reads: Cell<u64>,
+    pub store_shed: Cell<u64>,
 }
+
+/// How often a shard looks for authorizations whose hold is due.
+const EXPIRY_SCAN_MILLIS: u64 = 1_000;
 
 /// Wall-clock time in milliseconds: the production clock.
 pub fn system_clock() -> Millis {
@@ -111,8 +124,14 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         peers: P,
         idem: IdemIndex,
         clock: fn() -> Millis,
+        store: Option<StoreReader>,
     ) -> Rc<Self> {
         assert_eq!(ledger.shard(), config.shard);
+        assert_eq!(
+            store.is_some(),
+            ledger.payments_held().1.is_some(),
+            "a payment window goes with a store, and only with one"
+        );
         let shards = config.shards as usize;
         Rc::new(Gateway {
             config,
@@ -128,6 +147,11 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             clock,
             shed: Cell::new(0),
             requests: Cell::new(0),
+            store,
+            fetching: RefCell::new(HashMap::new()),
+            last_expiry_scan: Cell::new(0),
+            cold_reads: Cell::new(0),
+            store_shed: Cell::new(0),
         })
     }
 
@@ -161,6 +185,10 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
 
     /// Logs `cmd`, applies it, and returns its outcome once the record is durable.
     pub async fn execute(&self, cmd: Command) -> Result<Outcome, ServiceError> {
+        let needed = self.ledger.borrow().needs_payments(&cmd);
+        for seq in needed {
+            self.ensure_held(seq).await?;
+        }
         let (lsn, outcome) = self.log_and_apply(&cmd)?;
         if !self.config.ack_before_durable {
             self.wal
@@ -183,6 +211,17 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         {
             return Err(ServiceError::Unavailable);
         }
+        if let Some(store) = &self.store {
+            let mut ledger = self.ledger.borrow_mut();
+            ledger.set_stored(store.applied());
+            if !ledger.has_room_for(cmd) {
+                // A cold payment was evicted again while others loaded, or the window is full
+                // of changes the store has not applied yet (it is behind, or failing).
+                self.shed.set(self.shed.get() + 1);
+                self.store_shed.set(self.store_shed.get() + 1);
+                return Err(ServiceError::Unavailable);
+            }
+        }
         let bytes = postcard::to_stdvec(cmd).expect("commands always encode");
         let lsn = match self
             .wal
@@ -196,6 +235,70 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         };
         let outcome = self.ledger.borrow_mut().apply(lsn, cmd);
         Ok((lsn, outcome))
+    }
+
+    /// Makes payment `seq` held in memory, reading it from the store when it is not: one read
+    /// per payment however many requests want it. `Unavailable` when the store cannot answer
+    /// in time or the window has no room.
+    pub async fn ensure_held(&self, seq: u64) -> Result<(), ServiceError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        // Bounded: each round either finds the payment, or waits for one read to finish.
+        for _ in 0..3 {
+            {
+                let ledger = self.ledger.borrow();
+                if !ledger.payment_exists(seq) || ledger.payment_held(seq) {
+                    return Ok(());
+                }
+            }
+            let waiting = {
+                let mut fetching = self.fetching.borrow_mut();
+                match fetching.get_mut(&seq) {
+                    Some(waiters) => {
+                        let (tx, rx) = futures::channel::oneshot::channel();
+                        waiters.push(tx);
+                        Some(rx)
+                    }
+                    None => {
+                        fetching.insert(seq, Vec::new());
+                        None
+                    }
+                }
+            };
+            if let Some(rx) = waiting {
+                let _ = rx.await;
+                continue;
+            }
+            let read = store.payment(seq).await;
+            // Loaded here, once, with no await since the read: while a read of `seq` is
+            // pending nothing can change `seq` (changes need it held), so the copy is current.
+            let loaded = match read {
+                Ok(Some(payment)) => {
+                    self.cold_reads.set(self.cold_reads.get() + 1);
+                    let mut ledger = self.ledger.borrow_mut();
+                    ledger.set_stored(store.applied());
+                    ledger.load_payment(seq, payment).is_ok()
+                }
+                Ok(None) => panic!("payment {seq} exists but its store does not hold it"),
+                Err(_) => false,
+            };
+            for waiter in self.fetching.borrow_mut().remove(&seq).unwrap_or_default() {
+                let _ = waiter.send(());
+            }
+            if !loaded {
+                self.shed.set(self.shed.get() + 1);
+                self.store_shed.set(self.store_shed.get() + 1);
+                return Err(ServiceError::Unavailable);
+            }
+        }
+        let held = self.ledger.borrow().payment_held(seq);
+        if held {
+            Ok(())
+        } else {
+            self.store_shed.set(self.store_shed.get() + 1);
+            Err(ServiceError::Unavailable)
+        }
     }
 
     /// Waits until everything applied so far is durable, so a read never shows a change that
@@ -244,6 +347,17 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                 }
                 if seq != last + 1 {
                     return true; // a gap: an earlier credit was dropped; the sender re-sends
+                }
+                if let CreditPurpose::RefundReturn { payment_seq } = credit.purpose {
+                    if !self.ledger.borrow().payment_held(payment_seq) {
+                        // Credits apply in order and synchronously: load the payment now and
+                        // let the sender's re-send find it held.
+                        let this = self.clone();
+                        self.peers.spawn(Box::pin(async move {
+                            let _ = this.ensure_held(payment_seq).await;
+                        }));
+                        return true;
+                    }
                 }
                 let cmd = Command::ApplyCredit {
                     from,
@@ -300,7 +414,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                 Reply::Account(self.ledger.borrow().account(id))
             }
             Request::ReadPayment(seq) => {
-                if self.read_barrier().await.is_err() {
+                if self.read_barrier().await.is_err() || self.ensure_held(seq).await.is_err() {
                     return Reply::Unavailable;
                 }
                 Reply::Payment(self.ledger.borrow().payment(seq).map(|p| p.view.clone()))
@@ -412,6 +526,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         now: Millis,
         idem: Option<IdemTag>,
     ) -> RefundPlan {
+        if self.ensure_held(seq).await.is_err() {
+            return RefundPlan::Unavailable;
+        }
         let (settlement, settlement_shard, card_account, currency, remaining) = {
             let ledger = self.ledger.borrow();
             let Some(p) = ledger.payment(seq).filter(|p| p.view.merchant == merchant) else {
@@ -507,13 +624,11 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
     /// re-send unacknowledged credits. Each change is an ordinary logged command.
     pub async fn tick(self: &Rc<Self>) {
         let now = self.now();
-        let due = self
-            .ledger
-            .borrow()
-            .next_hold_expiry()
-            .is_some_and(|at| at <= now);
-        if due && self.accepting.get() {
-            let _ = self.execute(Command::ExpireHolds { now }).await;
+        if now.0.saturating_sub(self.last_expiry_scan.get()) >= EXPIRY_SCAN_MILLIS
+            && self.accepting.get()
+        {
+            self.last_expiry_scan.set(now.0);
+            self.expire_holds(now).await;
         }
         let retention = self.config.idempotency_retention_millis;
         let before = Millis(now.0.saturating_sub(retention));
@@ -539,6 +654,42 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             }
         }
         self.pump();
+    }
+
+    /// Releases up to `EXPIRE_BATCH_MAX` holds that are due: found in the store's index by
+    /// expiry (or, without a store, by scanning the payments in memory), loaded, then expired
+    /// by one logged command.
+    async fn expire_holds(&self, now: Millis) {
+        let due = match &self.store {
+            Some(store) => match store.holds_due(now, EXPIRE_BATCH_MAX).await {
+                Ok(due) => due,
+                Err(_) => return, // the next scan tries again
+            },
+            None => self
+                .ledger
+                .borrow()
+                .holds_due_in_memory(now, EXPIRE_BATCH_MAX),
+        };
+        if due.is_empty() {
+            return;
+        }
+        for &seq in &due {
+            let _ = self.ensure_held(seq).await;
+        }
+        let held: Vec<u64> = {
+            let ledger = self.ledger.borrow();
+            due.into_iter()
+                .filter(|&s| ledger.payment_held(s))
+                .collect()
+        };
+        if !held.is_empty() {
+            let _ = self
+                .execute(Command::ExpireHolds {
+                    now,
+                    payments: held,
+                })
+                .await;
+        }
     }
 
     /// True when no credit is waiting for an acknowledgement (for draining at shutdown).

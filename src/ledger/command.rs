@@ -12,12 +12,15 @@ use serde::{Deserialize, Serialize};
 /// WAL record kind for a ledger command.
 pub const RECORD_KIND_COMMAND: u8 = 1;
 /// Version of the `Command` encoding; bump it with any change to the enum below.
-pub const COMMAND_VERSION: u8 = 1;
+pub const COMMAND_VERSION: u8 = 2;
 
 /// 128-bit truncation of SHA-256: enough to make collisions irrelevant, half the memory.
 pub type Hash16 = [u8; 16];
 /// Keyed hash (HMAC-SHA-256) of a card number: the only form in which a PAN is kept.
 pub type CardHash = [u8; 32];
+
+/// Most holds one `ExpireHolds` names.
+pub const EXPIRE_BATCH_MAX: usize = 256;
 
 /// Longest merchant id: ISO 8583 DE42 is ans15.
 pub const MERCHANT_ID_MAX: usize = 15;
@@ -247,8 +250,9 @@ pub enum Command {
     },
     /// At the credit's source: `to` has durably applied every credit up to `seq`.
     AckCredits { to: ShardId, seq: u64 },
-    /// Release the holds of uncaptured authorizations whose `expires_at <= now`.
-    ExpireHolds { now: Millis },
+    /// Release the holds of the named payments that are uncaptured authorizations with
+    /// `expires_at <= now` (the others are left alone). At most `EXPIRE_BATCH_MAX` names.
+    ExpireHolds { now: Millis, payments: Vec<u64> },
     /// Forget idempotency records created before `before`.
     PruneIdempotency { before: Millis },
 }
@@ -383,6 +387,12 @@ pub enum Outcome {
 
 /// Decodes one WAL record into a command.
 pub fn decode_command(kind: u8, version: u8, payload: &[u8]) -> Result<Command, String> {
+    if kind == RECORD_KIND_COMMAND && version < COMMAND_VERSION {
+        return Err(format!(
+            "command version {version} was written by an older corepay (this one reads version \
+             {COMMAND_VERSION}); start on a new data directory"
+        ));
+    }
     if kind != RECORD_KIND_COMMAND || version != COMMAND_VERSION {
         return Err(format!("unknown record kind {kind} version {version}"));
     }

@@ -194,9 +194,15 @@ fn touched(ledger: &Ledger, cmd: &Command) -> (Vec<AccountId>, Vec<u64>) {
                 payments.push(payment_seq);
             }
         }
-        Command::ExpireHolds { now } => {
-            for seq in ledger.holds_due(*now) {
-                with_payment(seq, &mut accounts);
+        Command::ExpireHolds { now, payments: named } => {
+            for &seq in named {
+                let due = ledger.payment(seq).is_some_and(|p| {
+                    p.view.status == crate::ledger::PaymentStatus::Authorized
+                        && p.expires_at <= *now
+                });
+                if due {
+                    with_payment(seq, &mut accounts);
+                }
             }
         }
         Command::CreateCard { .. }

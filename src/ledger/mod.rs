@@ -7,8 +7,9 @@
 pub mod command;
 pub mod decline;
 pub mod effects;
+pub mod payments;
 pub mod state;
 
 pub use command::*;
 pub use decline::Decline;
-pub use state::Ledger;
+pub use state::{Changes, Ledger, Snapshot};

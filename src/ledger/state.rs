@@ -8,9 +8,11 @@
 use crate::domain::{AccountId, Currency, Lsn, Millis, ShardId};
 use crate::ledger::command::*;
 use crate::ledger::decline::Decline;
+use crate::ledger::payments::{NoRoom, PaymentTable};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
     pub currency: Currency,
     pub balance: i64,
@@ -29,7 +31,7 @@ impl Account {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Card {
     pub id: u64,
     pub hash: CardHash,
@@ -41,7 +43,7 @@ pub struct Card {
     pub status: Status,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Merchant {
     pub key_hash: [u8; 32],
     pub settlement: AccountId,
@@ -50,7 +52,7 @@ pub struct Merchant {
     pub status: Status,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
     pub view: PaymentView,
     /// The card account holding the funds (`None` for declines of unknown cards).
@@ -60,7 +62,7 @@ pub struct Payment {
     pub expires_at: Millis,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdemRecord {
     pub body: Hash16,
     pub at: Millis,
@@ -69,7 +71,7 @@ pub struct IdemRecord {
 
 /// Per-currency totals that make conservation checkable on one shard in O(1):
 /// Σ balances + treasury + sent − received == 0 at every moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CurrencyTotals {
     pub accounts: i64,
     pub treasury: i64,
@@ -87,10 +89,10 @@ pub struct Ledger {
     cards: HashMap<u64, Card>,
     next_card: u64,
     merchants: HashMap<MerchantId, Merchant>,
-    payments: HashMap<u64, Payment>,
+    /// Every payment (`PaymentTable::all`) or a bounded window of them in front of the
+    /// shard's store: a command may only touch payments that are held (`needs_payment`).
+    payments: PaymentTable,
     next_payment: u64,
-    /// Uncaptured authorizations by expiry.
-    holds: BTreeSet<(Millis, u64)>,
     idem: HashMap<Hash16, IdemRecord>,
     idem_order: VecDeque<(Millis, Hash16)>,
     /// Credits sent to other shards and not yet acknowledged, by (destination, seq).
@@ -100,6 +102,49 @@ pub struct Ledger {
     totals: BTreeMap<Currency, CurrencyTotals>,
     transfers: HashMap<String, TransferView>,
     last_now: Millis,
+    /// LSN of the command being applied (0 between commands).
+    applying: Lsn,
+    /// What changed since the last `take_changes`, when the store is fed from this ledger.
+    changes: Option<Box<Changes>>,
+}
+
+/// Keys of everything a run of commands changed: what the store writes after applying them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub accounts: BTreeSet<AccountId>,
+    pub cards: BTreeSet<u64>,
+    pub merchants: BTreeSet<MerchantId>,
+    pub payments: BTreeSet<u64>,
+    pub idem_added: Vec<Hash16>,
+    pub idem_removed: Vec<(Millis, Hash16)>,
+    pub transfers: Vec<String>,
+    pub outbox_added: Vec<(ShardId, u64)>,
+    pub outbox_removed: Vec<(ShardId, u64)>,
+}
+
+/// The ledger's scalar state, stored as one value beside the tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scalars {
+    pub shard: ShardId,
+    pub shards: u16,
+    pub next_card: u64,
+    pub next_payment: u64,
+    pub next_out: Vec<u64>,
+    pub applied_in: Vec<u64>,
+    pub totals: Vec<(Currency, CurrencyTotals)>,
+    pub last_now: Millis,
+}
+
+/// Everything but the payments, as the store holds it: what a ledger is rebuilt from.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub scalars: Option<Scalars>,
+    pub accounts: Vec<(AccountId, Account)>,
+    pub cards: Vec<Card>,
+    pub merchants: Vec<(MerchantId, Merchant)>,
+    pub idem: Vec<(Hash16, IdemRecord)>,
+    pub transfers: Vec<TransferView>,
+    pub outbox: Vec<((ShardId, u64), (Lsn, Credit))>,
 }
 
 const DAY_MILLIS: u64 = 86_400_000;
@@ -115,9 +160,8 @@ impl Ledger {
             cards: HashMap::new(),
             next_card: 1,
             merchants: HashMap::new(),
-            payments: HashMap::new(),
+            payments: PaymentTable::all(),
             next_payment: 1,
-            holds: BTreeSet::new(),
             idem: HashMap::new(),
             idem_order: VecDeque::new(),
             outbox: BTreeMap::new(),
@@ -126,7 +170,194 @@ impl Ledger {
             totals: BTreeMap::new(),
             transfers: HashMap::new(),
             last_now: Millis(0),
+            applying: Lsn(0),
+            changes: None,
         }
+    }
+
+    /// A ledger that holds at most about `window` payments; the rest are in the store and
+    /// must be loaded (`load_payment`) before a command touches them.
+    pub fn with_payment_window(shard: ShardId, shards: u16, window: usize) -> Ledger {
+        let mut ledger = Ledger::new(shard, shards);
+        ledger.payments = PaymentTable::window(window);
+        ledger
+    }
+
+    /// Rebuilds a ledger from what the store holds (every payment left in the store).
+    pub fn from_snapshot(shard: ShardId, shards: u16, window: usize, snap: Snapshot) -> Ledger {
+        let mut l = Ledger::with_payment_window(shard, shards, window);
+        if let Some(sc) = snap.scalars {
+            assert_eq!((sc.shard, sc.shards), (shard, shards), "the store is this shard's");
+            l.next_card = sc.next_card;
+            l.next_payment = sc.next_payment;
+            l.next_out = sc.next_out;
+            l.applied_in = sc.applied_in;
+            l.totals = sc.totals.into_iter().collect();
+            l.last_now = sc.last_now;
+        }
+        l.accounts.reserve(snap.accounts.len());
+        l.accounts.extend(snap.accounts);
+        l.cards_by_hash.reserve(snap.cards.len());
+        l.cards.reserve(snap.cards.len());
+        for c in snap.cards {
+            l.cards_by_hash.insert(c.hash, c.id);
+            l.cards.insert(c.id, c);
+        }
+        l.merchants.extend(snap.merchants);
+        let mut order: Vec<(Millis, Hash16)> = snap.idem.iter().map(|(k, r)| (r.at, *k)).collect();
+        order.sort();
+        l.idem_order = order.into();
+        l.idem.extend(snap.idem);
+        l.transfers
+            .extend(snap.transfers.into_iter().map(|t| (t.id.clone(), t)));
+        l.outbox.extend(snap.outbox);
+        l.check_invariants();
+        l
+    }
+
+    /// A copy of everything but the payments, with an empty window of `window` payments: the
+    /// shard's working ledger, made from the store's after recovery.
+    pub fn clone_without_payments(&self, window: usize) -> Ledger {
+        Ledger {
+            shard: self.shard,
+            shards: self.shards,
+            accounts: self.accounts.clone(),
+            cards_by_hash: self.cards_by_hash.clone(),
+            cards: self.cards.clone(),
+            next_card: self.next_card,
+            merchants: self.merchants.clone(),
+            payments: PaymentTable::window(window),
+            next_payment: self.next_payment,
+            idem: self.idem.clone(),
+            idem_order: self.idem_order.clone(),
+            outbox: self.outbox.clone(),
+            next_out: self.next_out.clone(),
+            applied_in: self.applied_in.clone(),
+            totals: self.totals.clone(),
+            transfers: self.transfers.clone(),
+            last_now: self.last_now,
+            applying: Lsn(0),
+            changes: None,
+        }
+    }
+
+    /// Starts recording what changes (for the store writer).
+    pub fn track_changes(&mut self) {
+        self.changes = Some(Box::default());
+    }
+
+    /// What changed since the last call (empty when not tracking).
+    pub fn take_changes(&mut self) -> Changes {
+        self.changes.as_mut().map(|c| std::mem::take(&mut **c)).unwrap_or_default()
+    }
+
+    fn note(&mut self, f: impl FnOnce(&mut Changes)) {
+        if let Some(c) = &mut self.changes {
+            f(c);
+        }
+    }
+
+    pub fn scalars(&self) -> Scalars {
+        Scalars {
+            shard: self.shard,
+            shards: self.shards,
+            next_card: self.next_card,
+            next_payment: self.next_payment,
+            next_out: self.next_out.clone(),
+            applied_in: self.applied_in.clone(),
+            totals: self.totals.iter().map(|(c, t)| (*c, *t)).collect(),
+            last_now: self.last_now,
+        }
+    }
+
+    /// Rows the store writes for a change set.
+    pub fn account_row(&self, id: AccountId) -> Option<&Account> {
+        self.accounts.get(&id)
+    }
+    pub fn card_row(&self, id: u64) -> Option<&Card> {
+        self.cards.get(&id)
+    }
+    pub fn idem_row(&self, key: &Hash16) -> Option<&IdemRecord> {
+        self.idem.get(key)
+    }
+    pub fn transfer_row(&self, id: &str) -> Option<&TransferView> {
+        self.transfers.get(id)
+    }
+    pub fn outbox_row(&self, to: ShardId, seq: u64) -> Option<&(Lsn, Credit)> {
+        self.outbox.get(&(to, seq))
+    }
+
+    // ---- the payment window ------------------------------------------------------------
+
+    /// True when the payment `seq` exists (it may be in the store rather than held here).
+    pub fn payment_exists(&self, seq: u64) -> bool {
+        seq >= 1 && seq < self.next_payment
+    }
+
+    /// True when the payment is held here (always, in `all` mode, for payments that exist).
+    pub fn payment_held(&self, seq: u64) -> bool {
+        self.payments.contains(seq)
+    }
+
+    /// Places a payment read from the store. `Err(NoRoom)` when its set holds only changes
+    /// the store has not applied yet.
+    pub fn load_payment(&mut self, seq: u64, payment: Payment) -> Result<(), NoRoom> {
+        assert!(self.payment_exists(seq), "the store holds only payments that exist");
+        assert_eq!(payment.view.id.seq, seq);
+        self.payments.load(seq, payment)
+    }
+
+    /// The store has applied every record up to `lsn`: changes up to it may leave memory.
+    pub fn set_stored(&mut self, lsn: Lsn) {
+        self.payments.set_stored(lsn);
+    }
+
+    /// Payments held in memory, and the window's size (`None`: every payment is held).
+    pub fn payments_held(&self) -> (usize, Option<usize>) {
+        (self.payments.len(), self.payments.capacity())
+    }
+
+    /// The existing payments `cmd` reads or changes: each must be held before `apply`.
+    pub fn needs_payments(&self, cmd: &Command) -> Vec<u64> {
+        let mut seqs = match cmd {
+            Command::Capture { payment, .. }
+            | Command::Void { payment, .. }
+            | Command::ReduceAuthorization { payment, .. }
+            | Command::RefundLocal { payment, .. } => vec![*payment],
+            Command::ApplyCredit { credit, .. } => match credit.purpose {
+                CreditPurpose::RefundReturn { payment_seq } => vec![payment_seq],
+                CreditPurpose::Transfer | CreditPurpose::Settlement { .. } => vec![],
+            },
+            Command::ExpireHolds { payments, .. } => payments.clone(),
+            _ => vec![],
+        };
+        seqs.retain(|&s| self.payment_exists(s));
+        seqs
+    }
+
+    /// False when applying `cmd` now would need a window slot that is not free: the caller
+    /// must not log it (shed, or let the store catch up first).
+    pub fn has_room_for(&self, cmd: &Command) -> bool {
+        let new_payment = matches!(cmd, Command::Authorize { .. });
+        (!new_payment || self.payments.has_room(self.next_payment))
+            && self
+                .needs_payments(cmd)
+                .iter()
+                .all(|&s| self.payments.contains(s))
+    }
+
+    /// Uncaptured authorizations due at `now`, found by scanning held payments: for ledgers
+    /// that hold every payment (tests, tools, a gateway without a store). O(payments).
+    pub fn holds_due_in_memory(&self, now: Millis, limit: usize) -> Vec<u64> {
+        assert!(!self.payments.is_window(), "a window does not hold every hold");
+        let mut due: Vec<(Millis, u64)> = self
+            .payments
+            .iter()
+            .filter(|(_, p)| p.view.status == PaymentStatus::Authorized && p.expires_at <= now)
+            .map(|(s, p)| (p.expires_at, s))
+            .collect();
+        due.sort();
+        due.into_iter().take(limit).map(|(_, s)| s).collect()
     }
 
     pub fn shard(&self) -> ShardId {
@@ -165,8 +396,32 @@ impl Ledger {
         self.merchants.get(id)
     }
 
+    /// A held payment (see `payment_held`; in `all` mode, every payment).
     pub fn payment(&self, seq: u64) -> Option<&Payment> {
-        self.payments.get(&seq)
+        self.payments.get(seq)
+    }
+
+    fn payment_mut(&mut self, seq: u64) -> Option<&mut Payment> {
+        assert!(
+            !self.payment_exists(seq) || self.payments.contains(seq),
+            "payment {seq} was not loaded before a command touched it"
+        );
+        let lsn = self.applying;
+        if self.payments.contains(seq) {
+            self.note(|c| {
+                c.payments.insert(seq);
+            });
+        }
+        self.payments.get_mut(seq, lsn)
+    }
+
+    fn account_mut(&mut self, id: AccountId) -> Option<&mut Account> {
+        if let Some(c) = &mut self.changes {
+            if self.accounts.contains_key(&id) {
+                c.accounts.insert(id);
+            }
+        }
+        self.accounts.get_mut(&id)
     }
 
     pub fn idempotency(&self, key: &Hash16) -> Option<&IdemRecord> {
@@ -202,9 +457,9 @@ impl Ledger {
         self.accounts.iter().map(|(&id, a)| view_account(id, a))
     }
 
-    /// Every payment, in no particular order (reconciliation).
+    /// Every held payment, in no particular order (reconciliation, on `all` ledgers).
     pub fn all_payments(&self) -> impl Iterator<Item = &PaymentView> {
-        self.payments.values().map(|p| &p.view)
+        self.payments.iter().map(|(_, p)| &p.view)
     }
 
     /// The sequence the next payment will get.
@@ -217,20 +472,6 @@ impl Ledger {
         self.next_card * crate::domain::SHARDS_MAX as u64 + self.shard.0 as u64
     }
 
-    /// Payments whose hold expires at or before `now`.
-    pub fn holds_due(&self, now: Millis) -> Vec<u64> {
-        self.holds
-            .iter()
-            .take_while(|&&(at, _)| at <= now)
-            .map(|&(_, seq)| seq)
-            .collect()
-    }
-
-    /// The next hold to expire, so the shard knows when to issue `ExpireHolds`.
-    pub fn next_hold_expiry(&self) -> Option<Millis> {
-        self.holds.iter().next().map(|&(at, _)| at)
-    }
-
     pub fn oldest_idempotency(&self) -> Option<Millis> {
         self.idem_order.front().map(|&(at, _)| at)
     }
@@ -240,7 +481,7 @@ impl Ledger {
             self.accounts.len(),
             self.cards.len(),
             self.merchants.len(),
-            self.payments.len(),
+            (self.next_payment - 1) as usize,
         )
     }
 
@@ -257,14 +498,20 @@ impl Ledger {
     /// Amount that can still be refunded on a payment (captured − refunded).
     pub fn refundable(&self, seq: u64) -> Option<i64> {
         self.payments
-            .get(&seq)
+            .get(seq)
             .map(|p| p.view.amount_captured - p.view.amount_refunded)
     }
 
     // ---- the one way to change state ---------------------------------------------------
 
     /// Applies one command (recorded at `lsn`) and returns its outcome.
+    ///
+    /// Every existing payment the command touches must be held (`needs_payments`), and a new
+    /// payment must have room (`has_room_for`): both are checked before the record is logged.
     pub fn apply(&mut self, lsn: Lsn, cmd: &Command) -> Outcome {
+        assert!(lsn.0 > 0 && self.applying.0 == 0);
+        assert!(self.has_room_for(cmd), "payments loaded and room checked before apply");
+        self.applying = lsn;
         let outcome = match cmd {
             Command::CreateAccount {
                 id,
@@ -281,7 +528,7 @@ impl Ledger {
                 *amount_limit,
                 *daily_count_limit,
             ),
-            Command::SetAccountStatus { id, status } => match self.accounts.get_mut(id) {
+            Command::SetAccountStatus { id, status } => match self.account_mut(*id) {
                 Some(a) => {
                     a.status = *status;
                     Outcome::Account(view_account(*id, a))
@@ -298,6 +545,9 @@ impl Ledger {
             } => self.create_card(hash, *account, bin, last4, *exp_month, *exp_year),
             Command::SetCardStatus { id, status } => match self.cards.get_mut(id) {
                 Some(c) => {
+                    if let Some(ch) = &mut self.changes {
+                        ch.cards.insert(*id);
+                    }
                     c.status = *status;
                     Outcome::Card {
                         id: c.id,
@@ -326,6 +576,9 @@ impl Ledger {
                         status: Status::Active,
                     };
                     self.merchants.insert(id.clone(), m);
+                    self.note(|c| {
+                        c.merchants.insert(id.clone());
+                    });
                     Outcome::Merchant {
                         id: id.clone(),
                         settlement: *settlement,
@@ -336,6 +589,9 @@ impl Ledger {
             }
             Command::SetMerchantStatus { id, status } => match self.merchants.get_mut(id) {
                 Some(m) => {
+                    if let Some(ch) = &mut self.changes {
+                        ch.merchants.insert(id.clone());
+                    }
                     m.status = *status;
                     Outcome::Merchant {
                         id: id.clone(),
@@ -405,10 +661,11 @@ impl Ledger {
                     .collect();
                 for k in acked {
                     self.outbox.remove(&k);
+                    self.note(|c| c.outbox_removed.push(k));
                 }
                 Outcome::Done
             }
-            Command::ExpireHolds { now } => self.expire_holds(*now),
+            Command::ExpireHolds { now, payments } => self.expire_holds(*now, payments),
             Command::PruneIdempotency { before } => {
                 while let Some(&(at, key)) = self.idem_order.front() {
                     if at >= *before {
@@ -417,6 +674,7 @@ impl Ledger {
                     self.idem_order.pop_front();
                     if self.idem.get(&key).is_some_and(|r| r.at == at) {
                         self.idem.remove(&key);
+                        self.note(|c| c.idem_removed.push((at, key)));
                     }
                 }
                 Outcome::Done
@@ -431,6 +689,7 @@ impl Ledger {
             self.last_now = self.last_now.max(now);
         }
         self.check_invariants();
+        self.applying = Lsn(0);
         outcome
     }
 
@@ -445,6 +704,7 @@ impl Ledger {
         );
         assert!(previous.is_none() || previous.as_ref().is_some_and(|p| p.body == tag.body));
         self.idem_order.push_back((now, tag.key));
+        self.note(|c| c.idem_added.push(tag.key));
     }
 
     fn create_account(
@@ -475,6 +735,9 @@ impl Ledger {
         totals.accounts += initial;
         let view = view_account(id, &account);
         self.accounts.insert(id, account);
+        self.note(|c| {
+            c.accounts.insert(id);
+        });
         Outcome::Account(view)
     }
 
@@ -504,6 +767,9 @@ impl Ledger {
         };
         self.cards_by_hash.insert(*hash, id);
         self.cards.insert(id, card);
+        self.note(|c| {
+            c.cards.insert(id);
+        });
         Outcome::Card {
             id,
             account,
@@ -560,7 +826,7 @@ impl Ledger {
         let mut sale = false;
         if decline.is_none() {
             let account_id = account_id.expect("approved payments have an account");
-            let account = self.accounts.get_mut(&account_id).expect("checked");
+            let account = self.account_mut(account_id).expect("checked");
             let day = now.0 / DAY_MILLIS;
             account.day_count = if account.day_count.0 == day {
                 (day, account.day_count.1 + 1)
@@ -576,7 +842,6 @@ impl Ledger {
             } else {
                 account.held += amount;
                 view.status = PaymentStatus::Authorized;
-                self.holds.insert((*expires_at, seq));
             }
         }
         let payment = Payment {
@@ -586,7 +851,10 @@ impl Ledger {
             settlement_shard: merchant.settlement_shard,
             expires_at: *expires_at,
         };
-        self.payments.insert(seq, payment);
+        self.payments.insert_new(seq, payment, lsn);
+        self.note(|c| {
+            c.payments.insert(seq);
+        });
         if sale {
             self.totals.entry(*currency).or_default().accounts -= amount;
             self.settle(lsn, seq, *amount);
@@ -652,7 +920,7 @@ impl Ledger {
     /// Moves a captured amount to the merchant's settlement account, here or via the outbox.
     /// The card account has already been debited and `totals.accounts` adjusted.
     fn settle(&mut self, lsn: Lsn, seq: u64, amount: i64) {
-        let p = &self.payments[&seq];
+        let p = self.payments.get(seq).expect("settled payments are held");
         let (to, to_shard, currency) = (p.settlement, p.settlement_shard, p.view.currency);
         let purpose = CreditPurpose::Settlement {
             payment: PaymentRef {
@@ -677,8 +945,7 @@ impl Ledger {
     fn send_credit(&mut self, lsn: Lsn, to_shard: ShardId, credit: Credit) {
         if to_shard == self.shard {
             let account = self
-                .accounts
-                .get_mut(&credit.account)
+                .account_mut(credit.account)
                 .expect("credited accounts exist");
             assert_eq!(account.currency, credit.currency);
             account.balance += credit.amount;
@@ -688,11 +955,20 @@ impl Ledger {
             self.next_out[to_shard.index()] += 1;
             self.totals.entry(credit.currency).or_default().sent += credit.amount;
             self.outbox.insert((to_shard, seq), (lsn, credit));
+            self.note(|c| c.outbox_added.push((to_shard, seq)));
         }
     }
 
     fn payment_for(&mut self, seq: u64, merchant: &MerchantId) -> Result<&mut Payment, Reject> {
-        match self.payments.get_mut(&seq) {
+        let owned = self
+            .payments
+            .get(seq)
+            .is_some_and(|p| &p.view.merchant == merchant);
+        if !owned {
+            assert!(!self.payment_exists(seq) || self.payments.contains(seq), "loaded");
+            return Err(Reject::PaymentNotFound);
+        }
+        match self.payment_mut(seq) {
             Some(p) if &p.view.merchant == merchant => Ok(p),
             _ => Err(Reject::PaymentNotFound),
         }
@@ -730,10 +1006,9 @@ impl Ledger {
             p.expires_at,
         );
         let view = p.view.clone();
-        self.holds.remove(&(expires_at, seq));
+        let _ = expires_at;
         let account = self
-            .accounts
-            .get_mut(&account_id)
+            .account_mut(account_id)
             .expect("payment accounts exist");
         account.held -= authorized;
         account.balance -= amount;
@@ -754,9 +1029,8 @@ impl Ledger {
         let (account_id, amount, expires_at) =
             (p.account.expect("authorized"), p.view.amount, p.expires_at);
         let view = p.view.clone();
-        self.holds.remove(&(expires_at, seq));
-        self.accounts
-            .get_mut(&account_id)
+        let _ = expires_at;
+        self.account_mut(account_id)
             .expect("payment accounts exist")
             .held -= amount;
         Outcome::Payment(Box::new(view))
@@ -778,8 +1052,7 @@ impl Ledger {
         let account_id = p.account.expect("authorized");
         let view = p.view.clone();
         let account = self
-            .accounts
-            .get_mut(&account_id)
+            .account_mut(account_id)
             .expect("payment accounts exist");
         account.held -= released;
         assert!(account.held >= 0);
@@ -794,7 +1067,7 @@ impl Ledger {
         amount: i64,
         reserved: i64,
     ) -> Result<(), Reject> {
-        let p = match self.payments.get(&seq) {
+        let p = match self.payments.get(seq) {
             Some(p) if &p.view.merchant == merchant => p,
             _ => return Err(Reject::PaymentNotFound),
         };
@@ -817,7 +1090,7 @@ impl Ledger {
         if let Err(r) = self.check_refund(seq, merchant, amount, 0) {
             return Outcome::Rejected(r);
         }
-        let p = &self.payments[&seq];
+        let p = self.payments.get(seq).expect("checked");
         assert_eq!(p.settlement_shard, self.shard);
         let (settlement, card_account) = (
             p.settlement,
@@ -827,19 +1100,13 @@ impl Ledger {
         if s.available() - amount < s.floor {
             return Outcome::Rejected(Reject::InsufficientFunds);
         }
-        self.accounts.get_mut(&settlement).expect("exists").balance -= amount;
-        self.accounts
-            .get_mut(&card_account)
-            .expect("exists")
-            .balance += amount;
+        self.account_mut(settlement).expect("exists").balance -= amount;
+        self.account_mut(card_account).expect("exists").balance += amount;
         Outcome::Payment(Box::new(self.record_refund(seq, amount)))
     }
 
     fn record_refund(&mut self, seq: u64, amount: i64) -> PaymentView {
-        let p = self
-            .payments
-            .get_mut(&seq)
-            .expect("refunded payments exist");
+        let p = self.payment_mut(seq).expect("refunded payments exist");
         p.view.amount_refunded += amount;
         assert!(
             p.view.amount_refunded <= p.view.amount_captured,
@@ -856,7 +1123,7 @@ impl Ledger {
     /// What a payment will look like after a refund of `amount` (for the idempotent answer
     /// of a cross-shard refund).
     pub fn project_refund(&self, seq: u64, amount: i64, reserved: i64) -> Option<PaymentView> {
-        let p = self.payments.get(&seq)?;
+        let p = self.payments.get(seq)?;
         let mut view = p.view.clone();
         view.amount_refunded += reserved + amount;
         view.status = if view.amount_refunded == view.amount_captured {
@@ -878,7 +1145,7 @@ impl Ledger {
         currency: Currency,
         view: &PaymentView,
     ) -> Outcome {
-        let Some(s) = self.accounts.get_mut(&settlement) else {
+        let Some(s) = self.account_mut(settlement) else {
             return Outcome::Rejected(Reject::AccountNotFound);
         };
         if s.available() - amount < s.floor {
@@ -941,7 +1208,7 @@ impl Ledger {
         {
             return Outcome::Rejected(Reject::AccountNotFound);
         }
-        let a = self.accounts.get_mut(&from).expect("checked");
+        let a = self.account_mut(from).expect("checked");
         a.balance -= amount;
         self.totals.entry(currency).or_default().accounts -= amount;
         self.send_credit(
@@ -963,6 +1230,7 @@ impl Ledger {
             created_at: now,
         };
         self.transfers.insert(id.to_string(), view.clone());
+        self.note(|c| c.transfers.push(id.to_string()));
         Outcome::Transfer(view)
     }
 
@@ -975,8 +1243,7 @@ impl Ledger {
         assert_eq!(seq, last + 1, "credits from one shard arrive in order");
         self.applied_in[from.index()] = seq;
         let account = self
-            .accounts
-            .get_mut(&credit.account)
+            .account_mut(credit.account)
             .expect("credited accounts exist");
         assert_eq!(account.currency, credit.currency);
         account.balance += credit.amount;
@@ -989,17 +1256,22 @@ impl Ledger {
         Outcome::Done
     }
 
-    fn expire_holds(&mut self, now: Millis) -> Outcome {
-        while let Some(&(at, seq)) = self.holds.iter().next() {
-            if at > now {
-                break;
+    /// Releases the named holds that are still uncaptured and due at `now`; the others (since
+    /// captured, voided or expired, or not yet due) are left as they are.
+    fn expire_holds(&mut self, now: Millis, payments: &[u64]) -> Outcome {
+        for &seq in payments {
+            let due = self.payments.get(seq).is_some_and(|p| {
+                p.view.status == PaymentStatus::Authorized && p.expires_at <= now
+            });
+            if !due {
+                continue;
             }
-            self.holds.remove(&(at, seq));
-            let p = self.payments.get_mut(&seq).expect("holds name payments");
-            assert_eq!(p.view.status, PaymentStatus::Authorized);
+            let p = self.payment_mut(seq).expect("held");
             p.view.status = PaymentStatus::Expired;
             let (account, amount) = (p.account.expect("authorized"), p.view.amount);
-            self.accounts.get_mut(&account).expect("exists").held -= amount;
+            let a = self.account_mut(account).expect("exists");
+            a.held -= amount;
+            assert!(a.held >= 0, "a hold is released once");
         }
         Outcome::Done
     }
@@ -1073,7 +1345,7 @@ pub fn command_now(cmd: &Command) -> Option<Millis> {
         | Command::RefundLocal { now, .. }
         | Command::RefundDebit { now, .. }
         | Command::Transfer { now, .. }
-        | Command::ExpireHolds { now } => Some(*now),
+        | Command::ExpireHolds { now, .. } => Some(*now),
         _ => None,
     }
 }

@@ -61,6 +61,13 @@ pub struct Replicators {
     pub statuses: Vec<(&'static str, ShardId, std::sync::Arc<runner::SinkStatus>)>,
 }
 
+impl crate::config::Replication {
+    /// True when PostgreSQL or Redis is configured (in the file or the environment).
+    pub fn sinks_configured(&self) -> bool {
+        self.postgres().is_some() || self.redis().is_some()
+    }
+}
+
 /// Starts a runner per configured sink and shard. `wal_dirs[k]` is shard k's WAL directory
 /// and `durables[k]` the durable LSN its executor publishes.
 pub fn start(

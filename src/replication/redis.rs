@@ -480,7 +480,7 @@ mod tests {
                 | Command::ReduceAuthorization { now, .. }
                 | Command::RefundLocal { now, .. }
                 | Command::Transfer { now, .. } => Some(*now),
-                Command::ExpireHolds { now } => Some(*now),
+                Command::ExpireHolds { now, .. } => Some(*now),
                 _ => None,
             };
             let (outcome, effects) = apply_with_effects(&mut self.ledger, lsn, &cmd);
@@ -611,7 +611,8 @@ mod tests {
         let (p6, _) = b.authorize(1_00, false, 10);
         want.push(("payment.authorized", pay(p6)));
         let now = b.tick();
-        b.exec(Command::ExpireHolds { now });
+        let payments = b.ledger.holds_due_in_memory(now, usize::MAX);
+        b.exec(Command::ExpireHolds { now, payments });
         want.push(("payment.expired", pay(p6)));
 
         // A refund whose money came back from another shard: the credit records it.

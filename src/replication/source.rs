@@ -32,6 +32,15 @@ impl WalTail {
         }
     }
 
+    /// A cursor at record `lsn` (which may not be written yet).
+    pub fn at(dir: &Path, lsn: Lsn) -> WalTail {
+        assert!(lsn.0 >= 1);
+        WalTail {
+            next_lsn: lsn,
+            ..WalTail::new(dir)
+        }
+    }
+
     /// The LSN of the next record this cursor will return.
     pub fn next_lsn(&self) -> Lsn {
         self.next_lsn

@@ -6,7 +6,7 @@
 //! credit still in flight, and only then open the listeners.
 
 use crate::config::Config;
-use crate::domain::{Lsn, ShardId};
+use crate::domain::ShardId;
 use crate::gateway::idem_index::IdemIndex;
 use crate::gateway::{rebuild_idem_indexes, system_clock, Gateway, GatewayConfig};
 use crate::http::api::Api;
@@ -17,7 +17,10 @@ use crate::shard::disk::DmaSegmentDir;
 use crate::shard::iso_net::{IsoLimits, IsoServer};
 use crate::shard::mesh::{start_receivers, Envelope, MeshPeers};
 use crate::shard::net;
-use crate::wal::{recover, FsSource, Recovered, SyncMode, WalConfig, WalWriter};
+use crate::store::reader::{spawn_readers, StoreProgress, StoreReader};
+use crate::store::writer::{Recovery, StoreWriter, WriterConfig};
+use crate::store::{store_path, Store};
+use crate::wal::{Recovered, SyncMode, WalConfig, WalWriter};
 use crate::{error, info, warn};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -55,42 +58,53 @@ pub fn shard_wal_dir(data_dir: &Path, shard: u16) -> PathBuf {
 /// Decodes one WAL record into a command.
 pub use crate::ledger::command::decode_command;
 
-/// Replays one shard's WAL into a fresh ledger.
+/// One shard after recovery: its working ledger, the store writer that will feed its store,
+/// the store, and where the WAL continues.
+pub struct RecoveredShard {
+    pub ledger: Ledger,
+    pub writer: StoreWriter,
+    pub store: Arc<Store>,
+    pub recovery: Recovery,
+}
+
+/// Opens one shard's store at its checkpoint and replays the WAL after it (into the store),
+/// then makes the shard's working ledger from the store's.
 pub fn recover_shard(
-    data_dir: &Path,
+    config: &Config,
     shard: u16,
     shards: u16,
-) -> Result<(Ledger, Recovered), StartError> {
+    progress: Arc<StoreProgress>,
+) -> Result<RecoveredShard, StartError> {
+    let data_dir = &config.server.data_dir;
     let dir = shard_wal_dir(data_dir, shard);
     std::fs::create_dir_all(&dir)
         .map_err(|e| StartError(format!("cannot create {}: {e}", dir.display())))?;
-    let mut ledger = Ledger::new(ShardId(shard), shards);
-    let mut bad: Option<(Lsn, String)> = None;
-    let recovered = recover(&FsSource::new(&dir), |lsn, kind, version, payload| {
-        if bad.is_some() {
-            return;
-        }
-        match decode_command(kind, version, payload) {
-            Ok(cmd) => {
-                ledger.apply(lsn, &cmd);
-            }
-            Err(e) => bad = Some((lsn, e)),
-        }
+    let (window, writer_window, page_cache) = config.state.budget();
+    let store = Arc::new(
+        Store::open(&store_path(data_dir, shard), page_cache)
+            .map_err(|e| StartError(format!("shard {shard}: {e}")))?,
+    );
+    let writer_config = WriterConfig {
+        checkpoint_interval: Duration::from_millis(config.state.checkpoint_interval_ms),
+        window: writer_window,
+        recycle_wal: !config.replication.sinks_configured(),
+    };
+    let (writer, recovery) = StoreWriter::recover(
+        store.clone(),
+        ShardId(shard),
+        shards,
+        &dir,
+        writer_config,
+        progress,
+    )
+    .map_err(|e| StartError(format!("shard {shard}: {e}")))?;
+    let ledger = writer.ledger().clone_without_payments(window);
+    Ok(RecoveredShard {
+        ledger,
+        writer,
+        store,
+        recovery,
     })
-    .map_err(|e| {
-        StartError(format!(
-            "shard {shard}: {e}; inspect with `corepay wal verify {}`",
-            dir.display()
-        ))
-    })?;
-    if let Some((lsn, e)) = bad {
-        return Err(StartError(format!(
-            "shard {shard}: record {} in {}: {e}",
-            lsn.0,
-            dir.display()
-        )));
-    }
-    Ok((ledger, recovered))
 }
 
 /// Records the shard count on first start; refuses another count later.
@@ -234,10 +248,16 @@ pub fn serve(config: Config) -> Result<(), StartError> {
 
     let started = std::time::Instant::now();
     // Shards recover in parallel, one thread each, before any executor starts.
-    let dir = data_dir.as_path();
-    let results: Vec<Result<(Ledger, Recovered), StartError>> = std::thread::scope(|scope| {
+    let progress: Vec<Arc<StoreProgress>> = (0..shards)
+        .map(|_| Arc::new(StoreProgress::default()))
+        .collect();
+    let cfg = &config;
+    let results: Vec<Result<RecoveredShard, StartError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..shards)
-            .map(|k| scope.spawn(move || recover_shard(dir, k, shards)))
+            .map(|k| {
+                let progress = progress[k as usize].clone();
+                scope.spawn(move || recover_shard(cfg, k, shards, progress))
+            })
             .collect();
         handles
             .into_iter()
@@ -246,8 +266,11 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     });
     let mut ledgers = Vec::new();
     let mut recovered = Vec::new();
+    let mut writers = Vec::new();
+    let mut stores = Vec::new();
     for (k, result) in results.into_iter().enumerate() {
-        let (ledger, rec) = result?;
+        let shard = result?;
+        let rec = shard.recovery.wal;
         if rec.truncated_bytes > 0 {
             warn!(
                 "shard {k}: truncated a torn tail of {} bytes (never acknowledged)",
@@ -255,11 +278,16 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             );
         }
         info!(
-            "shard {k}: recovered {} records, next lsn {}",
-            rec.records, rec.next_lsn.0
+            "shard {k}: store checkpoint at lsn {}, replayed {} records after it, next lsn {}",
+            shard.recovery.checkpoint.0, rec.records, rec.next_lsn.0
         );
-        ledgers.push(ledger);
+        ledgers.push(shard.ledger);
         recovered.push(rec);
+        writers.push(shard.writer);
+        stores.push(shard.store);
+    }
+    if config.replication.sinks_configured() {
+        info!("WAL segments are kept while a replication sink is configured (no recycling)");
     }
     let retention = config.idempotency.retention_secs * 1000;
     let indexes = rebuild_idem_indexes(&ledgers, retention, config.idempotency.max_keys_per_shard);
@@ -300,6 +328,30 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         .collect();
     let wal_dirs: Vec<PathBuf> = (0..shards).map(|k| shard_wal_dir(&data_dir, k)).collect();
     let replication = crate::replication::start(&config.replication, &wal_dirs, &durables);
+    // Each shard's store writer follows its durable LSN on a thread of its own; readers serve
+    // its cold payments.
+    let store_stop = Arc::new(AtomicBool::new(false));
+    let mut store_threads = Vec::new();
+    for (k, writer) in writers.into_iter().enumerate() {
+        store_threads.push(writer.spawn(
+            durables[k].clone(),
+            store_stop.clone(),
+            format!("corepay-store-{k}"),
+        ));
+    }
+    let readers: Vec<StoreReader> = stores
+        .into_iter()
+        .enumerate()
+        .map(|(k, store)| {
+            spawn_readers(
+                store,
+                progress[k].clone(),
+                config.state.read_threads,
+                Duration::from_millis(config.state.read_timeout_ms),
+                &format!("corepay-store-{k}"),
+            )
+        })
+        .collect();
 
     let shared = Arc::new(Shared {
         shutdown,
@@ -309,7 +361,8 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     });
     let mesh = MeshBuilder::<Envelope, _>::full(shards as usize, config.mesh.ring_capacity);
     let mut handles = Vec::new();
-    for (k, ((ledger, rec), idem)) in ledgers.into_iter().zip(recovered).zip(indexes).enumerate() {
+    let parts = ledgers.into_iter().zip(recovered).zip(indexes).zip(readers);
+    for (k, (((ledger, rec), idem), reader)) in parts.enumerate() {
         let placement = if config.server.pin_cores {
             Placement::Fixed(config.server.cores.get(k).copied().unwrap_or(k))
         } else {
@@ -328,6 +381,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             admin_key: admin_key.clone(),
             sync,
             durable: durables[k].clone(),
+            reader,
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("corepay-shard-{k}"))
@@ -346,6 +400,14 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         }
     }
     replication.finish(drain);
+    // The shards have flushed their WALs: let each store apply the rest and checkpoint, so
+    // the next start replays nothing.
+    store_stop.store(true, Ordering::SeqCst);
+    for t in store_threads {
+        if t.join().is_err() {
+            failure = Some(StartError("a store writer panicked".into()));
+        }
+    }
     match failure {
         Some(e) => Err(e),
         None => {
@@ -368,6 +430,7 @@ struct ShardCtx {
     admin_key: String,
     sync: SyncMode,
     durable: Arc<AtomicU64>,
+    reader: StoreReader,
 }
 
 async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
@@ -384,6 +447,7 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         admin_key,
         sync,
         durable,
+        reader,
     } = ctx;
     let (senders, receivers) = mesh
         .join()
@@ -414,7 +478,15 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         pan_key,
         ack_before_durable: false,
     };
-    let gateway = Gateway::new(gconfig, ledger, wal.clone(), peers, idem, system_clock);
+    let gateway = Gateway::new(
+        gconfig,
+        ledger,
+        wal.clone(),
+        peers,
+        idem,
+        system_clock,
+        Some(reader),
+    );
     start_receivers(receivers, gateway.clone());
     let published = wal.clone();
     glommio::spawn_local(async move {

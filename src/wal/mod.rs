@@ -19,5 +19,5 @@ pub mod writer;
 pub use error::WalError;
 pub use format::{BLOCK, RECORD_PAYLOAD_MAX};
 pub use io::{FsSource, SegmentDir, SegmentFile, SegmentSource};
-pub use reader::{dump_records, recover, verify, Recovered, VerifyReport};
+pub use reader::{dump_records, recover, recover_from, verify, Recovered, VerifyReport};
 pub use writer::{SyncMode, WalConfig, WalStats, WalWriter};

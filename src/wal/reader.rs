@@ -50,11 +50,38 @@ pub struct VerifyReport {
 /// seen a prefix of the log; the caller must discard what it built.
 pub fn recover<S: SegmentSource>(
     src: &S,
+    apply: impl FnMut(Lsn, u8, u8, &[u8]),
+) -> Result<Recovered, WalError> {
+    recover_from(src, Lsn(1), apply)
+}
+
+/// `recover`, replaying only records at or after `from` (a checkpoint's LSN + 1), and
+/// reading no segment that ends before it: recovery time is bounded by what follows the
+/// checkpoint, not by history. `Recovered::records` counts the records replayed.
+pub fn recover_from<S: SegmentSource>(
+    src: &S,
+    from: Lsn,
     mut apply: impl FnMut(Lsn, u8, u8, &[u8]),
 ) -> Result<Recovered, WalError> {
-    let walk = walk(src, |_, _, record| {
-        apply(record.lsn, record.kind, record.version, record.payload)
+    let mut replayed = 0;
+    let walk = walk_from(src, from, |_, _, record| {
+        if record.lsn >= from {
+            replayed += 1;
+            apply(record.lsn, record.kind, record.version, record.payload)
+        }
     })?;
+    if walk.next_lsn < from {
+        return Err(WalError::Corrupt {
+            segment: walk.tail.clone().map(|t| t.0).unwrap_or_else(|| "*.wal".into()),
+            offset: 0,
+            reason: format!(
+                "the log ends at lsn {} but the store has applied up to lsn {}: \
+                 acknowledged records are missing from the WAL",
+                walk.next_lsn.0 - 1,
+                from.0 - 1
+            ),
+        });
+    }
     if let Some(torn) = &walk.torn {
         let io = |op: &'static str, source| WalError::Io {
             op,
@@ -81,7 +108,7 @@ pub fn recover<S: SegmentSource>(
     Ok(Recovered {
         next_lsn: walk.next_lsn,
         tail,
-        records: walk.report.records,
+        records: replayed,
         truncated_bytes: walk.report.torn_tail_bytes,
     })
 }
@@ -118,13 +145,28 @@ struct Torn {
 
 fn walk<S: SegmentSource>(
     src: &S,
+    on_record: impl FnMut(&str, u64, Record<'_>),
+) -> Result<Walk, WalError> {
+    walk_from(src, Lsn(1), on_record)
+}
+
+/// `walk`, skipping the segments that end before `from` (the next segment begins at or
+/// before it).
+fn walk_from<S: SegmentSource>(
+    src: &S,
+    from: Lsn,
     mut on_record: impl FnMut(&str, u64, Record<'_>),
 ) -> Result<Walk, WalError> {
-    let names = src.list().map_err(|source| WalError::Io {
+    let mut names = src.list().map_err(|source| WalError::Io {
         op: "list segments",
         path: "*.wal".into(),
         source,
     })?;
+    let firsts: Vec<Option<Lsn>> = names.iter().map(|n| parse_segment_name(n)).collect();
+    let skip = (0..names.len().saturating_sub(1))
+        .take_while(|&i| firsts[i + 1].is_some_and(|next| next <= from))
+        .count();
+    names.drain(..skip);
     let mut report = VerifyReport {
         segments: names.len(),
         ..VerifyReport::default()

@@ -1,0 +1,402 @@
+//! The per-shard store: everything that grows with traffic, on disk, as of an applied LSN.
+//!
+//! One redb file per shard (`data_dir/shard-K/store.redb`). It is fed from the durable WAL
+//! by the shard's store writer (`writer`), which replays records through a ledger of its own
+//! and writes every changed row together with the LSN it has applied, in one transaction.
+//! Every `checkpoint_interval` the commit is durable (fsync): that LSN is the checkpoint,
+//! recovery replays only the WAL after it, and WAL segments wholly before it may be deleted.
+//! Cold payments are read by a bounded pool of threads (`reader`), never on a shard's
+//! executor.
+//!
+//! Why redb: a pure-Rust, single-file B-tree with MVCC readers on any thread, atomic
+//! multi-table commits, checksummed commit slots, and an explicit non-durable commit
+//! (`Durability::None`) that becomes durable with the next durable one — exactly the
+//! checkpoint protocol below, with no journal of its own duplicating our WAL. It builds in
+//! seconds on these 2-core machines (RocksDB's C++ build takes many minutes). See
+//! ARCHITECTURE.md "Store".
+//!
+//! Owns: the file format of the tables below. Never: SQL, sockets, glommio, or a decision
+//! about a payment (the ledger decides; the store keeps rows).
+
+pub mod reader;
+pub mod writer;
+
+use crate::domain::{AccountId, Lsn, Millis, ShardId};
+use crate::ledger::state::{Account, Card, IdemRecord, Merchant, Payment, Scalars};
+use crate::ledger::{Changes, Credit, Hash16, Ledger, MerchantId, Snapshot, TransferView};
+use redb::{
+    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const ACCOUNTS: TableDefinition<u64, &[u8]> = TableDefinition::new("accounts");
+const CARDS: TableDefinition<u64, &[u8]> = TableDefinition::new("cards");
+const MERCHANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("merchants");
+const PAYMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("payments");
+/// Uncaptured authorizations by (expires_at, seq): the index that releases holds.
+const HOLDS: TableDefinition<(u64, u64), ()> = TableDefinition::new("holds");
+const IDEM: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
+const TRANSFERS: TableDefinition<&str, &[u8]> = TableDefinition::new("transfers");
+const OUTBOX: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("outbox");
+
+const META_APPLIED: &str = "applied_lsn";
+const META_SCALARS: &str = "scalars";
+const META_FORMAT: &str = "format";
+/// Version of the rows' encoding (postcard of the ledger's types); bump with any change.
+pub const STORE_FORMAT: u64 = 1;
+
+pub fn store_path(data_dir: &Path, shard: u16) -> PathBuf {
+    data_dir.join(format!("shard-{shard}")).join("store.redb")
+}
+
+/// An operating error of the store, with the file it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+fn err(path: &Path, what: &str, e: impl fmt::Display) -> StoreError {
+    StoreError(format!("store {}: {what}: {e}", path.display()))
+}
+
+/// One shard's store file.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store. A damaged file is refused with one line naming it.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(path, "create directory", e))?;
+        }
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|e| err(path, "damaged or unreadable (cannot open)", e))?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+        };
+        store.init()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates every table, records the format, and refuses another format.
+    fn init(&self) -> Result<(), StoreError> {
+        let p = &self.path;
+        let mut txn = self.db.begin_write().map_err(|e| err(p, "begin", e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
+            let format = meta
+                .get(META_FORMAT)
+                .map_err(|e| err(p, "meta", e))?
+                .map(|v| u64_from(v.value()));
+            match format {
+                None => {
+                    meta.insert(META_FORMAT, STORE_FORMAT.to_le_bytes().as_slice())
+                        .map_err(|e| err(p, "meta", e))?;
+                }
+                Some(Ok(STORE_FORMAT)) => {}
+                Some(other) => {
+                    return Err(err(
+                        p,
+                        "format",
+                        format!("{other:?}, this corepay reads format {STORE_FORMAT}"),
+                    ))
+                }
+            }
+            txn.open_table(ACCOUNTS).map_err(|e| err(p, "accounts", e))?;
+            txn.open_table(CARDS).map_err(|e| err(p, "cards", e))?;
+            txn.open_table(MERCHANTS).map_err(|e| err(p, "merchants", e))?;
+            txn.open_table(PAYMENTS).map_err(|e| err(p, "payments", e))?;
+            txn.open_table(HOLDS).map_err(|e| err(p, "holds", e))?;
+            txn.open_table(IDEM).map_err(|e| err(p, "idempotency", e))?;
+            txn.open_table(TRANSFERS).map_err(|e| err(p, "transfers", e))?;
+            txn.open_table(OUTBOX).map_err(|e| err(p, "outbox", e))?;
+        }
+        txn.set_durability(Durability::Immediate);
+        txn.commit().map_err(|e| err(p, "commit", e))
+    }
+
+    /// The LSN the store has applied (0: nothing yet).
+    pub fn applied(&self) -> Result<Lsn, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
+        let applied = meta.get(META_APPLIED).map_err(|e| err(p, "meta", e))?;
+        match applied {
+            None => Ok(Lsn(0)),
+            Some(v) => u64_from(v.value())
+                .map(Lsn)
+                .map_err(|e| err(p, "applied_lsn", e)),
+        }
+    }
+
+    /// Builds the shard's ledger from the store: everything provisioned and every record
+    /// kept in memory, with an empty window of `window` payments. O(provisioned).
+    pub fn load_ledger(
+        &self,
+        shard: ShardId,
+        shards: u16,
+        window: usize,
+    ) -> Result<Ledger, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let mut snap = Snapshot::default();
+        let meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
+        if let Some(v) = meta.get(META_SCALARS).map_err(|e| err(p, "meta", e))? {
+            snap.scalars = Some(decode::<Scalars>(p, "scalars", v.value())?);
+        }
+        let accounts = txn.open_table(ACCOUNTS).map_err(|e| err(p, "accounts", e))?;
+        for row in accounts.iter().map_err(|e| err(p, "accounts", e))? {
+            let (k, v) = row.map_err(|e| err(p, "accounts", e))?;
+            snap.accounts
+                .push((AccountId(k.value()), decode::<Account>(p, "account", v.value())?));
+        }
+        let cards = txn.open_table(CARDS).map_err(|e| err(p, "cards", e))?;
+        for row in cards.iter().map_err(|e| err(p, "cards", e))? {
+            let (_, v) = row.map_err(|e| err(p, "cards", e))?;
+            snap.cards.push(decode::<Card>(p, "card", v.value())?);
+        }
+        let merchants = txn.open_table(MERCHANTS).map_err(|e| err(p, "merchants", e))?;
+        for row in merchants.iter().map_err(|e| err(p, "merchants", e))? {
+            let (k, v) = row.map_err(|e| err(p, "merchants", e))?;
+            let m = decode::<Merchant>(p, "merchant", v.value())?;
+            snap.merchants.push((MerchantId(k.value().to_string()), m));
+        }
+        let idem = txn.open_table(IDEM).map_err(|e| err(p, "idempotency", e))?;
+        for row in idem.iter().map_err(|e| err(p, "idempotency", e))? {
+            let (k, v) = row.map_err(|e| err(p, "idempotency", e))?;
+            let key: Hash16 = k
+                .value()
+                .try_into()
+                .map_err(|_| err(p, "idempotency", "key is not 16 bytes"))?;
+            snap.idem
+                .push((key, decode::<IdemRecord>(p, "idempotency record", v.value())?));
+        }
+        let transfers = txn.open_table(TRANSFERS).map_err(|e| err(p, "transfers", e))?;
+        for row in transfers.iter().map_err(|e| err(p, "transfers", e))? {
+            let (_, v) = row.map_err(|e| err(p, "transfers", e))?;
+            snap.transfers
+                .push(decode::<TransferView>(p, "transfer", v.value())?);
+        }
+        let outbox = txn.open_table(OUTBOX).map_err(|e| err(p, "outbox", e))?;
+        for row in outbox.iter().map_err(|e| err(p, "outbox", e))? {
+            let (k, v) = row.map_err(|e| err(p, "outbox", e))?;
+            let (to, seq) = k.value();
+            let entry = decode::<(Lsn, Credit)>(p, "outbox entry", v.value())?;
+            snap.outbox.push(((ShardId(to), seq), entry));
+        }
+        Ok(Ledger::from_snapshot(shard, shards, window, snap))
+    }
+
+    /// One payment as the store has it.
+    pub fn payment(&self, seq: u64) -> Result<Option<Payment>, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let table = txn.open_table(PAYMENTS).map_err(|e| err(p, "payments", e))?;
+        let row = table.get(seq).map_err(|e| err(p, "payments", e))?;
+        row.map(|v| decode::<Payment>(p, "payment", v.value()))
+            .transpose()
+    }
+
+    /// Up to `limit` uncaptured authorizations with `expires_at <= now`, oldest first.
+    pub fn holds_due(&self, now: Millis, limit: usize) -> Result<Vec<u64>, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let table = txn.open_table(HOLDS).map_err(|e| err(p, "holds", e))?;
+        let mut due = Vec::new();
+        for row in table
+            .range((0u64, 0u64)..=(now.0, u64::MAX))
+            .map_err(|e| err(p, "holds", e))?
+            .take(limit)
+        {
+            let (k, _) = row.map_err(|e| err(p, "holds", e))?;
+            due.push(k.value().1);
+        }
+        Ok(due)
+    }
+
+    /// Payments stored (for metrics and tests).
+    pub fn payments_stored(&self) -> Result<u64, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let table = txn.open_table(PAYMENTS).map_err(|e| err(p, "payments", e))?;
+        table.len().map_err(|e| err(p, "payments", e))
+    }
+
+    /// Starts a batch of changes.
+    pub fn begin(&self) -> Result<Batch<'_>, StoreError> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| err(&self.path, "begin write", e))?;
+        Ok(Batch { store: self, txn })
+    }
+}
+
+/// An open write transaction: rows of changed state, then `commit` with the applied LSN.
+pub struct Batch<'a> {
+    store: &'a Store,
+    txn: WriteTransaction,
+}
+
+impl Batch<'_> {
+    /// A payment as this batch sees it (the writer's cold reads).
+    pub fn payment(&self, seq: u64) -> Result<Option<Payment>, StoreError> {
+        let p = &self.store.path;
+        let table = self.txn.open_table(PAYMENTS).map_err(|e| err(p, "payments", e))?;
+        let row = table.get(seq).map_err(|e| err(p, "payments", e))?;
+        row.map(|v| decode::<Payment>(p, "payment", v.value()))
+            .transpose()
+    }
+
+    /// Writes the rows named by `changes`, as `ledger` now holds them.
+    pub fn write(&mut self, ledger: &Ledger, changes: &Changes) -> Result<(), StoreError> {
+        let p = &self.store.path.clone();
+        let e = |what: &'static str| move |x: redb::Error| err(p, what, x);
+        let txn = &self.txn;
+        {
+            let mut t = txn.open_table(ACCOUNTS).map_err(|x| e("accounts")(x.into()))?;
+            for &id in &changes.accounts {
+                let row = encode(ledger.account_row(id).expect("changed accounts exist"));
+                t.insert(id.0, row.as_slice())
+                    .map_err(|x| e("accounts")(x.into()))?;
+            }
+        }
+        {
+            let mut t = txn.open_table(CARDS).map_err(|x| e("cards")(x.into()))?;
+            for &id in &changes.cards {
+                let row = encode(ledger.card_row(id).expect("changed cards exist"));
+                t.insert(id, row.as_slice())
+                    .map_err(|x| e("cards")(x.into()))?;
+            }
+        }
+        {
+            let mut t = txn
+                .open_table(MERCHANTS)
+                .map_err(|x| e("merchants")(x.into()))?;
+            for id in &changes.merchants {
+                let row = encode(ledger.merchant(id).expect("changed merchants exist"));
+                t.insert(id.0.as_str(), row.as_slice())
+                    .map_err(|x| e("merchants")(x.into()))?;
+            }
+        }
+        {
+            let mut t = txn
+                .open_table(PAYMENTS)
+                .map_err(|x| e("payments")(x.into()))?;
+            let mut holds = txn.open_table(HOLDS).map_err(|x| e("holds")(x.into()))?;
+            for &seq in &changes.payments {
+                let payment = ledger
+                    .payment(seq)
+                    .expect("a changed payment stays held until stored");
+                t.insert(seq, encode(payment).as_slice())
+                    .map_err(|x| e("payments")(x.into()))?;
+                let hold = (payment.expires_at.0, seq);
+                if payment.view.status == crate::ledger::PaymentStatus::Authorized {
+                    holds.insert(hold, ()).map_err(|x| e("holds")(x.into()))?;
+                } else {
+                    holds.remove(hold).map_err(|x| e("holds")(x.into()))?;
+                }
+            }
+        }
+        {
+            let mut t = txn
+                .open_table(IDEM)
+                .map_err(|x| e("idempotency")(x.into()))?;
+            for &(at, key) in &changes.idem_removed {
+                // Removed only if the record is the one pruned (a key reused later stays).
+                let same = t
+                    .get(key.as_slice())
+                    .map_err(|x| e("idempotency")(x.into()))?
+                    .map(|v| decode::<IdemRecord>(p, "idempotency record", v.value()))
+                    .transpose()?
+                    .is_some_and(|r| r.at == at);
+                if same && ledger.idem_row(&key).is_none() {
+                    t.remove(key.as_slice())
+                        .map_err(|x| e("idempotency")(x.into()))?;
+                }
+            }
+            for key in &changes.idem_added {
+                if let Some(r) = ledger.idem_row(key) {
+                    t.insert(key.as_slice(), encode(r).as_slice())
+                        .map_err(|x| e("idempotency")(x.into()))?;
+                }
+            }
+        }
+        {
+            let mut t = txn
+                .open_table(TRANSFERS)
+                .map_err(|x| e("transfers")(x.into()))?;
+            for id in &changes.transfers {
+                let row = encode(ledger.transfer_row(id).expect("recorded transfers exist"));
+                t.insert(id.as_str(), row.as_slice())
+                    .map_err(|x| e("transfers")(x.into()))?;
+            }
+        }
+        {
+            let mut t = txn.open_table(OUTBOX).map_err(|x| e("outbox")(x.into()))?;
+            for &(to, seq) in &changes.outbox_added {
+                if let Some(entry) = ledger.outbox_row(to, seq) {
+                    t.insert((to.0, seq), encode(entry).as_slice())
+                        .map_err(|x| e("outbox")(x.into()))?;
+                }
+            }
+            for &(to, seq) in &changes.outbox_removed {
+                t.remove((to.0, seq)).map_err(|x| e("outbox")(x.into()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `applied` and the ledger's scalars, and commits: durable (fsync) when
+    /// `durable`, else visible to readers now and durable with the next durable commit.
+    pub fn commit(self, ledger: &Ledger, applied: Lsn, durable: bool) -> Result<(), StoreError> {
+        let p = &self.store.path;
+        {
+            let mut meta = self.txn.open_table(META).map_err(|e| err(p, "meta", e))?;
+            meta.insert(META_APPLIED, applied.0.to_le_bytes().as_slice())
+                .map_err(|e| err(p, "meta", e))?;
+            meta.insert(META_SCALARS, encode(&ledger.scalars()).as_slice())
+                .map_err(|e| err(p, "meta", e))?;
+        }
+        let mut txn = self.txn;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
+        txn.commit().map_err(|e| err(p, "commit", e))
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("ledger rows always encode")
+}
+
+fn decode<T: DeserializeOwned>(path: &Path, what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| err(path, &format!("undecodable {what}"), e))
+}
+
+fn u64_from(bytes: &[u8]) -> Result<u64, String> {
+    let b: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| format!("{} bytes, expected 8", bytes.len()))?;
+    Ok(u64::from_le_bytes(b))
+}

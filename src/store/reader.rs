@@ -1,0 +1,156 @@
+//! Cold reads: a bounded pool of threads that read the store for a shard's executor.
+//!
+//! The executor never touches the store itself: it queues a job on a bounded `crossbeam`
+//! channel and awaits a oneshot answer. A full queue is answered at once (`Busy`), and a job
+//! that waited past its deadline is answered `TimedOut` without being read: either way the
+//! request is shed (503 / 91), never left waiting.
+
+use crate::domain::{Lsn, Millis};
+use crate::ledger::state::Payment;
+use crate::store::{Store, StoreError};
+use crossbeam::channel::{bounded, Receiver, Sender, TrySendError};
+use futures::channel::oneshot;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Jobs that may wait for a reader thread.
+pub const READ_QUEUE_MAX: usize = 1024;
+
+/// Why a cold read gave no answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// The queue is full.
+    Busy,
+    /// The job waited longer than the read timeout.
+    TimedOut,
+    /// The store failed (logged by the reader).
+    Failed(StoreError),
+}
+
+enum Query {
+    Payment(u64),
+    HoldsDue { now: Millis, limit: usize },
+}
+
+enum Answer {
+    Payment(Option<Payment>),
+    Holds(Vec<u64>),
+}
+
+struct Job {
+    query: Query,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Answer, ReadError>>,
+}
+
+/// Progress the store writer publishes for everyone else.
+#[derive(Default, Debug)]
+pub struct StoreProgress {
+    /// Highest LSN the store has applied; readers see it.
+    pub applied: AtomicU64,
+    /// Highest LSN durable in the store (the checkpoint).
+    pub checkpoint: AtomicU64,
+    /// WAL segments deleted after checkpoints.
+    pub segments_deleted: AtomicU64,
+    /// Failed store commits (each retried).
+    pub failures: AtomicU64,
+}
+
+/// A shard's handle on its store: cheap to clone, usable from the executor.
+#[derive(Clone)]
+pub struct StoreReader {
+    jobs: Sender<Job>,
+    progress: Arc<StoreProgress>,
+    timeout: Duration,
+}
+
+impl StoreReader {
+    /// The store's applied LSN: changes up to it may leave memory.
+    pub fn applied(&self) -> Lsn {
+        Lsn(self.progress.applied.load(Ordering::Acquire))
+    }
+
+    pub fn progress(&self) -> &StoreProgress {
+        &self.progress
+    }
+
+    /// Jobs waiting for a reader.
+    pub fn queued(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub async fn payment(&self, seq: u64) -> Result<Option<Payment>, ReadError> {
+        match self.ask(Query::Payment(seq)).await? {
+            Answer::Payment(p) => Ok(p),
+            Answer::Holds(_) => unreachable!("answers match their query"),
+        }
+    }
+
+    pub async fn holds_due(&self, now: Millis, limit: usize) -> Result<Vec<u64>, ReadError> {
+        match self.ask(Query::HoldsDue { now, limit }).await? {
+            Answer::Holds(h) => Ok(h),
+            Answer::Payment(_) => unreachable!("answers match their query"),
+        }
+    }
+
+    async fn ask(&self, query: Query) -> Result<Answer, ReadError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            query,
+            deadline: Instant::now() + self.timeout,
+            reply,
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(ReadError::Busy),
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(ReadError::Failed(StoreError("store readers stopped".into())))
+            }
+        }
+        answer
+            .await
+            .unwrap_or(Err(ReadError::Failed(StoreError("reader gone".into()))))
+    }
+}
+
+/// Starts `threads` readers on `store`. They stop when every `StoreReader` is dropped.
+pub fn spawn_readers(
+    store: Arc<Store>,
+    progress: Arc<StoreProgress>,
+    threads: usize,
+    timeout: Duration,
+    name: &str,
+) -> StoreReader {
+    assert!(threads >= 1);
+    let (jobs, queue) = bounded::<Job>(READ_QUEUE_MAX);
+    for i in 0..threads {
+        let (store, queue) = (store.clone(), queue.clone());
+        std::thread::Builder::new()
+            .name(format!("{name}-read-{i}"))
+            .spawn(move || serve(&store, &queue))
+            .expect("spawn a store reader");
+    }
+    StoreReader {
+        jobs,
+        progress,
+        timeout,
+    }
+}
+
+fn serve(store: &Store, queue: &Receiver<Job>) {
+    while let Ok(job) = queue.recv() {
+        if Instant::now() > job.deadline {
+            let _ = job.reply.send(Err(ReadError::TimedOut));
+            continue;
+        }
+        let answer = match job.query {
+            Query::Payment(seq) => store.payment(seq).map(Answer::Payment),
+            Query::HoldsDue { now, limit } => store.holds_due(now, limit).map(Answer::Holds),
+        };
+        if let Err(e) = &answer {
+            crate::warn!("{e}");
+        }
+        let _ = job.reply.send(answer.map_err(ReadError::Failed));
+    }
+}

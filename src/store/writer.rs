@@ -1,0 +1,378 @@
+//! The store writer: one thread per shard that feeds the store from the durable WAL.
+//!
+//! It replays each durable record through a ledger of its own (the same pure `Ledger` the
+//! shard runs, with a window of payments filled from the store), and commits the rows the
+//! records changed together with the LSN applied, in one transaction. Every
+//! `checkpoint_interval` the commit is durable: that is the checkpoint. After a checkpoint,
+//! WAL segments that end at or before it are deleted when nothing else needs them.
+//!
+//! The checkpoint protocol, as absences:
+//! - the store is never ahead of the durable WAL (it reads only up to the durable LSN);
+//! - no row is written without the LSN that produced it, in the same commit;
+//! - no segment is deleted before a durable commit covers every record in it, nor while a
+//!   replication sink is configured (sinks rebuild their replica from the first record);
+//! - a failed commit loses nothing: the changes stay in the writer's ledger, held in its
+//!   window, and are written again by the next attempt.
+
+use crate::domain::{Lsn, ShardId};
+use crate::ledger::command::decode_command;
+use crate::ledger::{Changes, Command, Ledger};
+use crate::replication::source::WalTail;
+use crate::store::reader::StoreProgress;
+use crate::store::{Batch, Store, StoreError};
+use crate::wal::format::parse_segment_name;
+use crate::wal::{recover_from, FsSource, Recovered};
+use crate::{info, warn};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Records applied per store commit at most (bounds a commit's size and its memory).
+pub const COMMIT_RECORDS_MAX: usize = 4096;
+/// How often an idle writer looks for newly durable records.
+const POLL: Duration = Duration::from_millis(1);
+/// Wait between attempts after a failed commit (disk full, I/O error).
+const RETRY: Duration = Duration::from_millis(200);
+/// Smallest window of payments the writer keeps (an `ExpireHolds` names up to 256).
+pub const WRITER_WINDOW_MIN: usize = 8192;
+
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    pub checkpoint_interval: Duration,
+    /// Payments the writer's ledger holds between commits.
+    pub window: usize,
+    /// Delete WAL segments once a checkpoint covers them (false while a sink is configured).
+    pub recycle_wal: bool,
+}
+
+/// What recovery found and did.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    pub wal: Recovered,
+    /// The checkpoint the store opened at.
+    pub checkpoint: Lsn,
+}
+
+pub struct StoreWriter {
+    store: Arc<Store>,
+    ledger: Ledger,
+    wal_dir: PathBuf,
+    config: WriterConfig,
+    progress: Arc<StoreProgress>,
+    /// Changes applied to `ledger` and not yet committed.
+    unsaved: Changes,
+    applied: Lsn,
+    committed: Lsn,
+    last_checkpoint: Instant,
+}
+
+impl StoreWriter {
+    /// Opens the shard's state: the store as of its checkpoint, then every WAL record after
+    /// it, applied and committed durably. Returns the writer (positioned at the end of the
+    /// log) and what the WAL writer needs to continue the log.
+    pub fn recover(
+        store: Arc<Store>,
+        shard: ShardId,
+        shards: u16,
+        wal_dir: &Path,
+        config: WriterConfig,
+        progress: Arc<StoreProgress>,
+    ) -> Result<(StoreWriter, Recovery), StoreError> {
+        let checkpoint = store.applied()?;
+        let window = config.window.max(WRITER_WINDOW_MIN);
+        let mut ledger = store.load_ledger(shard, shards, window)?;
+        ledger.track_changes();
+        ledger.set_stored(checkpoint);
+        check_wal_covers(wal_dir, checkpoint)?;
+        let mut writer = StoreWriter {
+            store,
+            ledger,
+            wal_dir: wal_dir.to_path_buf(),
+            config,
+            progress,
+            unsaved: Changes::default(),
+            applied: checkpoint,
+            committed: checkpoint,
+            last_checkpoint: Instant::now(),
+        };
+        let mut failure: Option<StoreError> = None;
+        let mut pending: Vec<(Lsn, Command)> = Vec::new();
+        let from = Lsn(checkpoint.0 + 1);
+        let recovered = recover_from(&FsSource::new(wal_dir), from, |lsn, kind, version, p| {
+            if failure.is_some() {
+                return;
+            }
+            match decode_command(kind, version, p) {
+                Ok(cmd) => pending.push((lsn, cmd)),
+                Err(e) => {
+                    failure = Some(StoreError(format!(
+                        "record {} in {}: {e}",
+                        lsn.0,
+                        wal_dir.display()
+                    )))
+                }
+            }
+            if pending.len() >= COMMIT_RECORDS_MAX {
+                if let Err(e) = writer.apply_all(std::mem::take(&mut pending), false) {
+                    failure = Some(e);
+                }
+            }
+        })
+        .map_err(|e| {
+            StoreError(format!(
+                "shard {}: {e}; inspect with `corepay wal verify {}`",
+                shard.0,
+                wal_dir.display()
+            ))
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        writer.apply_all(pending, true)?;
+        writer.checkpoint_now()?;
+        Ok((
+            writer,
+            Recovery {
+                wal: recovered,
+                checkpoint,
+            },
+        ))
+    }
+
+    /// The writer's ledger: the shard's working ledger is a copy of it after recovery.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn applied(&self) -> Lsn {
+        self.applied
+    }
+
+    /// Runs the writer on its own thread until `stop` is set and everything durable is in
+    /// the store, checkpointed.
+    pub fn spawn(
+        self,
+        durable: Arc<AtomicU64>,
+        stop: Arc<AtomicBool>,
+        name: String,
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || self.run(&durable, &stop))
+            .expect("spawn the store writer")
+    }
+
+    fn run(mut self, durable: &AtomicU64, stop: &AtomicBool) {
+        let mut tail = WalTail::at(&self.wal_dir, Lsn(self.applied.0 + 1));
+        let mut failing = false;
+        loop {
+            let durable_lsn = Lsn(durable.load(Ordering::Acquire));
+            let stopping = stop.load(Ordering::Acquire);
+            let mut records: Vec<(Lsn, Command)> = Vec::new();
+            let mut bad = None;
+            if self.unsaved_is_empty() {
+                let read = tail.read(durable_lsn, COMMIT_RECORDS_MAX, |lsn, kind, v, p| {
+                    match decode_command(kind, v, p) {
+                        Ok(cmd) => records.push((lsn, cmd)),
+                        Err(e) => bad = Some(format!("record {}: {e}", lsn.0)),
+                    }
+                });
+                if let Err(e) = read {
+                    bad = Some(format!("reading {}: {e}", self.wal_dir.display()));
+                }
+            }
+            if let Some(reason) = bad {
+                // The shard wrote these records itself: failing to read them back is a
+                // broken invariant, and a restart recovers from the last checkpoint.
+                panic!("store writer: {reason}");
+            }
+            let checkpoint_due = self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
+                && self.applied > Lsn(self.progress.checkpoint.load(Ordering::Acquire));
+            if records.is_empty() && self.unsaved_is_empty() && !checkpoint_due {
+                if stopping && self.applied >= durable_lsn {
+                    if let Err(e) = self.checkpoint_now() {
+                        warn!("store writer: final checkpoint failed: {e}");
+                    }
+                    return;
+                }
+                std::thread::sleep(POLL);
+                continue;
+            }
+            let result = self.apply_all(records, checkpoint_due);
+            match result {
+                Ok(()) => {
+                    if failing {
+                        info!("store {}: writing again", self.store.path().display());
+                        failing = false;
+                    }
+                }
+                Err(e) => {
+                    self.progress.failures.fetch_add(1, Ordering::Relaxed);
+                    if !failing {
+                        warn!(
+                            "{e}; retrying every {} ms (new payments are shed while the \
+                             memory window is full of unstored changes)",
+                            RETRY.as_millis()
+                        );
+                        failing = true;
+                    }
+                    if stopping {
+                        return;
+                    }
+                    std::thread::sleep(RETRY);
+                }
+            }
+        }
+    }
+
+    fn unsaved_is_empty(&self) -> bool {
+        self.applied == self.committed
+    }
+
+    /// Applies `records` and commits them (durably when `durable`). On error the applied
+    /// state stays in the ledger and `unsaved`, and the next call commits it.
+    fn apply_all(&mut self, records: Vec<(Lsn, Command)>, durable: bool) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let mut batch = store.begin()?;
+        for (lsn, cmd) in records {
+            assert_eq!(lsn.0, self.applied.0 + 1, "records are applied in order, once");
+            if !self.prepare(&batch, &cmd)? {
+                // A set of the window is full of uncommitted changes: commit, then retry.
+                self.commit(batch, false)?;
+                batch = store.begin()?;
+                assert!(self.prepare(&batch, &cmd)?, "a committed window has room");
+            }
+            self.ledger.apply(lsn, &cmd);
+            self.applied = lsn;
+            merge(&mut self.unsaved, self.ledger.take_changes());
+        }
+        self.commit(batch, durable)
+    }
+
+    /// Loads the payments `cmd` touches; false when the window has no room for them.
+    fn prepare(&mut self, batch: &Batch<'_>, cmd: &Command) -> Result<bool, StoreError> {
+        for seq in self.ledger.needs_payments(cmd) {
+            if self.ledger.payment_held(seq) {
+                continue;
+            }
+            let payment = batch.payment(seq)?.ok_or_else(|| {
+                StoreError(format!(
+                    "store {}: payment {seq} exists but is not stored",
+                    self.store.path().display()
+                ))
+            })?;
+            if self.ledger.load_payment(seq, payment).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(self.ledger.has_room_for(cmd))
+    }
+
+    fn commit(&mut self, mut batch: Batch<'_>, durable: bool) -> Result<(), StoreError> {
+        batch.write(&self.ledger, &self.unsaved)?;
+        batch.commit(&self.ledger, self.applied, durable)?;
+        self.unsaved = Changes::default();
+        self.committed = self.applied;
+        self.ledger.set_stored(self.applied);
+        self.progress
+            .applied
+            .store(self.applied.0, Ordering::Release);
+        if durable {
+            self.checkpointed();
+        }
+        Ok(())
+    }
+
+    /// Makes everything applied durable in the store now.
+    fn checkpoint_now(&mut self) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let batch = store.begin()?;
+        self.commit(batch, true)
+    }
+
+    fn checkpointed(&mut self) {
+        self.last_checkpoint = Instant::now();
+        self.progress
+            .checkpoint
+            .store(self.committed.0, Ordering::Release);
+        if self.config.recycle_wal {
+            match delete_segments_before(&self.wal_dir, self.committed) {
+                Ok(n) => {
+                    self.progress
+                        .segments_deleted
+                        .fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => warn!(
+                    "wal {}: deleting checkpointed segments: {e}",
+                    self.wal_dir.display()
+                ),
+            }
+        }
+    }
+}
+
+/// Adds `more` to `into` (keys are written once, as the ledger holds them at commit).
+fn merge(into: &mut Changes, more: Changes) {
+    into.accounts.extend(more.accounts);
+    into.cards.extend(more.cards);
+    into.merchants.extend(more.merchants);
+    into.payments.extend(more.payments);
+    into.idem_added.extend(more.idem_added);
+    into.idem_removed.extend(more.idem_removed);
+    into.transfers.extend(more.transfers);
+    into.outbox_added.extend(more.outbox_added);
+    into.outbox_removed.extend(more.outbox_removed);
+}
+
+/// Segment first LSNs in `dir`, sorted.
+fn segment_firsts(dir: &Path) -> std::io::Result<Vec<Lsn>> {
+    let mut firsts: Vec<Lsn> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|name| parse_segment_name(&name))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    firsts.sort();
+    Ok(firsts)
+}
+
+/// Refuses to start when the WAL's oldest segment begins after the store's checkpoint + 1:
+/// the records in between are in neither.
+fn check_wal_covers(dir: &Path, checkpoint: Lsn) -> Result<(), StoreError> {
+    let firsts = segment_firsts(dir).map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
+    match firsts.first() {
+        Some(&first) if first.0 > checkpoint.0 + 1 => Err(StoreError(format!(
+            "wal {}: the oldest segment begins at lsn {} but the store's checkpoint is lsn {}: \
+             records {}..{} are in neither",
+            dir.display(),
+            first.0,
+            checkpoint.0,
+            checkpoint.0 + 1,
+            first.0 - 1
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Deletes every segment whose records all lie at or before `checkpoint` (never the newest
+/// segment), then syncs the directory. Returns how many were deleted.
+pub fn delete_segments_before(dir: &Path, checkpoint: Lsn) -> std::io::Result<u64> {
+    let firsts = segment_firsts(dir)?;
+    let mut deleted = 0;
+    for pair in firsts.windows(2) {
+        let (first, next) = (pair[0], pair[1]);
+        if next.0 > checkpoint.0 + 1 {
+            break; // this segment holds a record after the checkpoint
+        }
+        let path = dir.join(crate::wal::format::segment_name(first));
+        std::fs::remove_file(&path)?;
+        deleted += 1;
+    }
+    if deleted > 0 {
+        crate::wal::io::sync_dir(dir)?;
+    }
+    Ok(deleted)
+}
