@@ -512,8 +512,8 @@ impl Config {
             return Err(bad("idempotency.max_keys_per_shard", "must be > 0"));
         }
         let st = &self.state;
-        if !(16..=65_536).contains(&st.cache_mb) {
-            return Err(bad("state.cache_mb", "must be 16..=65536"));
+        if !(1..=65_536).contains(&st.cache_mb) {
+            return Err(bad("state.cache_mb", "must be 1..=65536"));
         }
         if !(10..=600_000).contains(&st.checkpoint_interval_ms) {
             return Err(bad("state.checkpoint_interval_ms", "must be 10..=600000"));

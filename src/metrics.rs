@@ -132,6 +132,49 @@ pub fn render(stats: &[crate::gateway::msg::ShardStats]) -> String {
         s.wal_sync_micros_max
     });
     gauge("shed_total", "Requests shed (503 / 91).", &|s| s.shed);
+    gauge(
+        "payments_in_memory",
+        "Payments held in the shard's memory window.",
+        &|s| s.payments_in_memory as u64,
+    );
+    gauge(
+        "payment_window_slots",
+        "Size of the shard's payment window (state.cache_mb).",
+        &|s| s.payment_window as u64,
+    );
+    gauge("store_applied_lsn", "Last LSN the store has applied.", &|s| {
+        s.store_applied_lsn
+    });
+    gauge(
+        "store_checkpoint_lsn",
+        "Last LSN durable in the store; recovery replays the WAL after it.",
+        &|s| s.store_checkpoint_lsn,
+    );
+    gauge(
+        "store_lag_records",
+        "Durable WAL records the store has not applied yet.",
+        &|s| s.wal_durable_lsn.saturating_sub(s.store_applied_lsn),
+    );
+    gauge(
+        "wal_segments_deleted_total",
+        "WAL segments deleted after a checkpoint covered them.",
+        &|s| s.wal_segments_deleted,
+    );
+    gauge(
+        "store_failures_total",
+        "Store commits that failed (each retried).",
+        &|s| s.store_failures,
+    );
+    gauge(
+        "store_cold_reads_total",
+        "Payments read back from the store.",
+        &|s| s.cold_reads,
+    );
+    gauge(
+        "store_shed_total",
+        "Requests shed because the store could not answer in time or memory was full of unstored changes.",
+        &|s| s.store_shed,
+    );
     gauge("http_requests_total", "HTTP requests handled.", &|s| {
         s.requests
     });

@@ -710,7 +710,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             payments,
             idempotency_records: ledger.idempotency_len(),
             idempotency_index: self.idem.borrow().len(),
-            outbox: ledger.outbox().count(),
+            outbox: ledger.outbox_len(),
             totals: ledger
                 .totals()
                 .iter()
@@ -726,6 +726,22 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             shed: self.shed.get(),
             requests: self.requests.get(),
             dropped_posts: 0,
+            payments_in_memory: ledger.payments_held().0,
+            payment_window: ledger.payments_held().1.unwrap_or(0),
+            store_applied_lsn: self.store.as_ref().map_or(0, |s| s.applied().0),
+            store_checkpoint_lsn: self.store.as_ref().map_or(0, |s| {
+                s.progress().checkpoint.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            wal_segments_deleted: self.store.as_ref().map_or(0, |s| {
+                s.progress()
+                    .segments_deleted
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            store_failures: self.store.as_ref().map_or(0, |s| {
+                s.progress().failures.load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            cold_reads: self.cold_reads.get(),
+            store_shed: self.store_shed.get(),
             latency,
             statuses,
         }

@@ -136,6 +136,17 @@ pub struct ShardStats {
     pub shed: u64,
     pub requests: u64,
     pub dropped_posts: u64,
+    /// Payments held in memory now, and the window's size (0: no window, all in memory).
+    pub payments_in_memory: usize,
+    pub payment_window: usize,
+    /// The store: LSN applied, LSN checkpointed, WAL segments deleted, failed commits.
+    pub store_applied_lsn: u64,
+    pub store_checkpoint_lsn: u64,
+    pub wal_segments_deleted: u64,
+    pub store_failures: u64,
+    /// Payments read back from the store, and requests shed because it could not answer.
+    pub cold_reads: u64,
+    pub store_shed: u64,
     pub latency: Vec<crate::metrics::LatencySummary>,
     /// Responses by status class: [_, 1xx, 2xx, 3xx, 4xx, 5xx].
     pub statuses: [u64; 6],

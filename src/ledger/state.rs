@@ -444,6 +444,11 @@ impl Ledger {
             .map(|(&(to, seq), (lsn, c))| (to, seq, *lsn, c))
     }
 
+    /// Credits awaiting acknowledgement, in O(1).
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
     pub fn last_applied_from(&self, from: ShardId) -> u64 {
         self.applied_in[from.index()]
     }
