@@ -1,0 +1,175 @@
+//! Payments leave memory for the shard's store and come back when touched: captures, voids,
+//! refunds and reads of evicted payments are correct; restart after kill -9 replays only the
+//! WAL after the store's checkpoint; checkpointed WAL segments are deleted; holds expire
+//! through the store's index by expiry.
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+/// A window of a few hundred payments (state.cache_mb = 1), checkpoints every 50 ms, and
+/// 1 MiB WAL segments so that recycling shows within a test.
+const SMALL_STATE: &str = "[state]\ncache_mb = 1\ncheckpoint_interval_ms = 50\n\
+                           [wal]\nsegment_bytes = 1048576\n";
+
+fn metric(s: &Server, name: &str) -> u64 {
+    let r = raw_get(s.operator, "/metrics").unwrap();
+    r.2.lines()
+        .filter(|l| l.starts_with(&format!("corepay_{name}{{")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+fn wal_firsts(s: &Server) -> Vec<u64> {
+    let dir = data_dir(s).join("data").join("shard-0").join("wal");
+    let mut v: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".wal")?.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn evicted_payments_are_captured_voided_refunded_and_read_after_kill9() {
+    let mut s = Server::start_with(1, SMALL_STATE);
+    create_account(&s, 1001, "EUR", "100000.00");
+    create_account(&s, 2001, "EUR", "0.00");
+    let number = card_number("424242424242424");
+    create_card(&s, &number, 1001);
+    let key = create_merchant(&s, "SHOP1", 2001);
+    let mut m = Client::with_key(s.http, &key);
+
+    const N: usize = 3000;
+    let mut ids = Vec::with_capacity(N);
+    for i in 0..N {
+        let body = payment_json("1.00", "EUR", &number, (12, 2030), false, &format!("r{i}"));
+        let (status, p) = m.post("/v1/payments", &body);
+        assert_eq!(status, 201, "{p}");
+        assert_eq!(p["status"], "authorized");
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    let window = metric(&s, "payment_window_slots");
+    assert!(window > 0 && (window as usize) < N / 2, "window {window}");
+    assert!(metric(&s, "payments_in_memory") <= window);
+    assert_eq!(metric(&s, "payments"), N as u64, "every payment is counted");
+
+    // The oldest payments have left memory: touch them.
+    let reads_before = metric(&s, "store_cold_reads_total");
+    for (i, id) in ids.iter().take(60).enumerate() {
+        let (status, p) = m.get(&format!("/v1/payments/{id}"));
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(p["status"], "authorized");
+        assert_eq!(p["reference"], format!("r{i}"));
+        let (status, p) = match i % 3 {
+            0 => m.post(&format!("/v1/payments/{id}/capture"), r#"{"amount":"0.60"}"#),
+            1 => m.post(&format!("/v1/payments/{id}/void"), "{}"),
+            _ => m.post(&format!("/v1/payments/{id}/capture"), "{}"),
+        };
+        assert_eq!(status, 200, "{id}: {p}");
+    }
+    assert!(
+        metric(&s, "store_cold_reads_total") >= reads_before + 50,
+        "the oldest payments were read back from the store"
+    );
+    // Refund the fully captured ones (they left memory again meanwhile or not: either way).
+    for id in ids.iter().take(60).skip(2).step_by(3) {
+        let (status, p) = m.post(&format!("/v1/payments/{id}/refunds"), r#"{"amount":"0.25"}"#);
+        assert_eq!(status, 200, "{id}: {p}");
+        assert_eq!(p["status"], "partially_refunded");
+    }
+    // 20 captured 0.60, 20 voided, 20 captured 1.00 and refunded 0.25; the rest held.
+    let held = N - 60;
+    let captured = 20.0 * 0.60 + 20.0 * 1.00 - 20.0 * 0.25;
+    let expect_balance = format!("{:.2}", 100000.00 - captured);
+    let expect_held = format!("{held}.00");
+    assert_eq!(balance_held(&s, 1001), (expect_balance.clone(), expect_held.clone()));
+    assert_eq!(balance_held(&s, 2001).0, format!("{captured:.2}"));
+
+    // Checkpoints covered the old segments: they are gone, and the log starts later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&s, "wal_segments_deleted_total") == 0 {
+        assert!(Instant::now() < deadline, "no WAL segment was recycled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(wal_firsts(&s)[0] > 1, "the first segment was deleted");
+
+    s.kill9();
+    s.spawn();
+    let log = s.log();
+    let replayed: u64 = log
+        .lines()
+        .filter_map(|l| l.split("replayed ").nth(1))
+        .filter_map(|t| t.split(' ').next()?.parse().ok())
+        .last()
+        .expect("recovery says how much it replayed");
+    assert!(
+        replayed < (N as u64) / 2,
+        "restart replays the WAL after the checkpoint, not history: {replayed}"
+    );
+    assert_eq!(balance_held(&s, 1001), (expect_balance, expect_held));
+    let mut m = Client::with_key(s.http, &key);
+    for (i, id) in ids.iter().enumerate().step_by(97) {
+        let (status, p) = m.get(&format!("/v1/payments/{id}"));
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(p["reference"], format!("r{i}"));
+    }
+    let (_, p) = m.get(&format!("/v1/payments/{}", ids[1]));
+    assert_eq!(p["status"], "voided");
+    let (_, p) = m.get(&format!("/v1/payments/{}", ids[2]));
+    assert_eq!(p["status"], "partially_refunded");
+    assert_eq!(p["amount_refunded"], "0.25");
+    // Not capturable twice, evicted or not.
+    let (status, e) = m.post(&format!("/v1/payments/{}/capture", ids[0]), "{}");
+    assert_eq!(status, 422, "{e}");
+    assert_conservation(&s);
+}
+
+#[test]
+fn holds_expire_through_the_store_index() {
+    let s = Server::start_with(1, &format!("{SMALL_STATE}[payments]\nhold_ttl_secs = 1\n"));
+    create_account(&s, 1001, "EUR", "100.00");
+    create_account(&s, 2001, "EUR", "0.00");
+    let number = card_number("400000000000000");
+    create_card(&s, &number, 1001);
+    let key = create_merchant(&s, "SHOP1", 2001);
+    let mut m = Client::with_key(s.http, &key);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let body = payment_json("2.00", "EUR", &number, (12, 2030), false, &format!("h{i}"));
+        let (status, p) = m.post("/v1/payments", &body);
+        assert_eq!(status, 201, "{p}");
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    // One is captured before it expires: it stays captured.
+    let (status, _) = m.post(&format!("/v1/payments/{}/capture", ids[0]), "{}");
+    assert_eq!(status, 200);
+    assert_eq!(balance_held(&s, 1001).1, "8.00");
+    for id in &ids[1..] {
+        wait_payment_for(&mut m, id, Duration::from_secs(10), |p| {
+            p["status"] == "expired"
+        });
+    }
+    let (_, p) = m.get(&format!("/v1/payments/{}", ids[0]));
+    assert_eq!(p["status"], "captured");
+    assert_eq!(balance_held(&s, 1001), ("98.00".into(), "0.00".into()));
+    assert_conservation(&s);
+}
+
+fn wait_payment_for(
+    m: &mut Client,
+    id: &str,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, p) = m.get(&format!("/v1/payments/{id}"));
+        assert_eq!(status, 200, "{p}");
+        if done(&p) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} never expired: {p}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
