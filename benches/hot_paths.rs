@@ -20,8 +20,7 @@
 
 mod common;
 use corepay::domain::{AccountId, Currency, Lsn, Millis, ShardId};
-use corepay::gateway::idem_index::IdemIndex;
-use corepay::gateway::msg::IdemBegin;
+use corepay::gateway::idem_index::{IdemIndex, Local};
 use corepay::http::{json, wire};
 use corepay::iso8583::flows::{answer, duplicate_key, response_mti};
 use corepay::iso8583::{encode, BitmapEncoding, Message};
@@ -128,15 +127,22 @@ fn key_of(i: u64) -> Hash16 {
     key
 }
 
-/// Finished keys `0..n`, key `i` recorded at `Millis(i)`, retained for `n` ms: at `now = n + j`
-/// key `j` expires, so one new key per millisecond keeps the index at `n` keys.
+/// An index of about `n` finished keys, every one already in its holder's store (so any may
+/// leave for a new key): the steady state of a busy shard.
 fn idem_index_with(n: u64) -> IdemIndex {
-    let mut idx = IdemIndex::new(n, n as usize + 1);
+    let mut idx = IdemIndex::new(86_400_000, n as usize, true);
     for i in 0..n {
-        idx.restore(key_of(i), [7; 16], Millis(i), ShardId((i % 8) as u16));
+        let key = key_of(i);
+        if idx.begin(key, [7; 16], Millis(i), &all_stored) == Local::Unknown {
+            idx.resolve(key, [7; 16], None);
+            idx.end(key, Some((ShardId((i % 8) as u16), Lsn(i + 1))));
+        }
     }
-    idx.finish_restore();
     idx
+}
+
+fn all_stored(_: ShardId) -> Lsn {
+    Lsn(u64::MAX)
 }
 
 fn bench_idem_index(c: &mut Criterion) {
@@ -148,26 +154,30 @@ fn bench_idem_index(c: &mut Criterion) {
     let mut next = KEYS;
     g.bench_function("begin_end_new_key_1m", |b| {
         b.iter(|| {
-            // Begin prunes the one key that just expired and inserts this one; end finishes it.
+            // A new key takes the slot of a stored one; the stores said "unknown" (not timed
+            // here: that is a store read); end finishes it.
             let key = key_of(next);
-            let begun = idx.begin(key, [7; 16], Millis(next));
-            debug_assert_eq!(begun, IdemBegin::Proceed);
-            idx.end(key, Some(ShardId(3)));
+            let begun = idx.begin(key, [7; 16], Millis(next), &all_stored);
+            debug_assert_eq!(begun, Local::Unknown);
+            idx.resolve(key, [7; 16], None);
+            idx.end(key, Some((ShardId(3), Lsn(next))));
             next += 1;
             black_box(begun)
         })
     });
-    assert_eq!(idx.len() as u64, KEYS);
+    assert!(idx.len() <= idx.capacity());
     drop(idx);
 
     let mut idx = idem_index_with(KEYS);
     let mut i = 0u64;
     g.bench_function("begin_duplicate_1m", |b| {
         b.iter(|| {
-            // A retried request: its key is there and finished; nothing expires at this time.
+            // A retried request: its key is there (or left for the store) and finished.
             i = (i + 7919) % KEYS;
-            let begun = idx.begin(key_of(i), [7; 16], Millis(KEYS - 1));
-            debug_assert!(matches!(begun, IdemBegin::Replay(_)));
+            let begun = idx.begin(key_of(i), [7; 16], Millis(KEYS - 1), &all_stored);
+            if begun == Local::Unknown {
+                idx.resolve(key_of(i), [7; 16], Some((ShardId(0), [7; 16], Millis(i))));
+            }
             black_box(begun)
         })
     });

@@ -142,9 +142,11 @@ pub fn render(stats: &[crate::gateway::msg::ShardStats]) -> String {
         "Size of the shard's payment window (state.cache_mb).",
         &|s| s.payment_window as u64,
     );
-    gauge("store_applied_lsn", "Last LSN the store has applied.", &|s| {
-        s.store_applied_lsn
-    });
+    gauge(
+        "store_applied_lsn",
+        "Last LSN the store has applied.",
+        &|s| s.store_applied_lsn,
+    );
     gauge(
         "store_checkpoint_lsn",
         "Last LSN durable in the store; recovery replays the WAL after it.",

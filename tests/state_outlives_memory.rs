@@ -62,7 +62,10 @@ fn evicted_payments_are_captured_voided_refunded_and_read_after_kill9() {
         assert_eq!(p["status"], "authorized");
         assert_eq!(p["reference"], format!("r{i}"));
         let (status, p) = match i % 3 {
-            0 => m.post(&format!("/v1/payments/{id}/capture"), r#"{"amount":"0.60"}"#),
+            0 => m.post(
+                &format!("/v1/payments/{id}/capture"),
+                r#"{"amount":"0.60"}"#,
+            ),
             1 => m.post(&format!("/v1/payments/{id}/void"), "{}"),
             _ => m.post(&format!("/v1/payments/{id}/capture"), "{}"),
         };
@@ -74,7 +77,10 @@ fn evicted_payments_are_captured_voided_refunded_and_read_after_kill9() {
     );
     // Refund the fully captured ones (they left memory again meanwhile or not: either way).
     for id in ids.iter().take(60).skip(2).step_by(3) {
-        let (status, p) = m.post(&format!("/v1/payments/{id}/refunds"), r#"{"amount":"0.25"}"#);
+        let (status, p) = m.post(
+            &format!("/v1/payments/{id}/refunds"),
+            r#"{"amount":"0.25"}"#,
+        );
         assert_eq!(status, 200, "{id}: {p}");
         assert_eq!(p["status"], "partially_refunded");
     }
@@ -83,7 +89,10 @@ fn evicted_payments_are_captured_voided_refunded_and_read_after_kill9() {
     let captured = 20.0 * 0.60 + 20.0 * 1.00 - 20.0 * 0.25;
     let expect_balance = format!("{:.2}", 100000.00 - captured);
     let expect_held = format!("{held}.00");
-    assert_eq!(balance_held(&s, 1001), (expect_balance.clone(), expect_held.clone()));
+    assert_eq!(
+        balance_held(&s, 1001),
+        (expect_balance.clone(), expect_held.clone())
+    );
     assert_eq!(balance_held(&s, 2001).0, format!("{captured:.2}"));
 
     // Checkpoints covered the old segments: they are gone, and the log starts later.
@@ -172,4 +181,54 @@ fn wait_payment_for(
         assert!(Instant::now() < deadline, "{id} never expired: {p}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Far more keyed requests than the key index holds in memory: none is refused, and every
+/// key still replays (or refuses another body) after it left memory, and after a restart.
+#[test]
+fn idempotency_keys_outlive_the_index_in_memory() {
+    let mut s = Server::start_with(
+        2,
+        &format!("{SMALL_STATE}[idempotency]\nmax_keys_per_shard = 64\n"),
+    );
+    create_account(&s, 1001, "EUR", "10000.00");
+    create_account(&s, 2001, "EUR", "0.00");
+    let number = card_number("555555555555444");
+    create_card(&s, &number, 1001);
+    let key = create_merchant(&s, "SHOP1", 2001);
+    let mut m = Client::with_key(s.http, &key);
+    let body = |i: usize| payment_json("1.00", "EUR", &number, (12, 2030), true, &format!("k{i}"));
+    const N: usize = 600;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let r = m.post_idem("/v1/payments", &body(i), &format!("key-{i}"));
+        assert_eq!(r.status, 201, "request {i}: {}", r.body);
+        assert_eq!(r.header("Idempotent-Replayed"), None);
+        ids.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    let check = |m: &mut Client| {
+        for i in (0..N).step_by(37) {
+            let r = m.post_idem("/v1/payments", &body(i), &format!("key-{i}"));
+            assert_eq!(r.status, 201, "replay {i}: {}", r.body);
+            assert_eq!(r.header("Idempotent-Replayed"), Some("true"));
+            assert_eq!(r.body["id"], ids[i].as_str());
+            let other = m.post_idem("/v1/payments", &body(i + 1), &format!("key-{i}"));
+            assert_eq!(
+                other.status, 422,
+                "another body under key-{i}: {}",
+                other.body
+            );
+        }
+    };
+    check(&mut m);
+    assert_eq!(balance_held(&s, 1001).0, format!("{}.00", 10000 - N));
+    s.kill9();
+    s.spawn();
+    let mut m = Client::with_key(s.http, &key);
+    check(&mut m);
+    assert_eq!(
+        balance_held(&s, 1001).0,
+        format!("{}.00", 10000 - N),
+        "nothing ran twice"
+    );
 }

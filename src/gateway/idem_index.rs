@@ -1,131 +1,228 @@
 //! The index of idempotency keys owned by one shard (`shard_of_key`).
 //!
-//! The record itself (the stored answer) lives in the ledger of the shard whose WAL write made
-//! the guarded change durable; this index only knows, per key, the body hash, whether the
-//! operation is still running, and which shard holds the record. It is memory only: at start-up
-//! it is rebuilt from every shard's records. Bounded by `max` entries.
+//! The record itself (the stored answer) lives with the shard whose WAL write made the
+//! guarded change durable (its ledger's window, then its store). This index knows, per key,
+//! the body hash, whether the operation is still running, and which shard holds the record.
+//!
+//! It is a fixed set-associative table (`WAYS` slots per set, allocated once, never rehashed)
+//! of the keys in use now and recently. A finished key may leave it once its holder's store
+//! has the record (`Done::durable` ≤ that store's applied LSN): a key that is not here is
+//! then looked up in the stores (`resolve`). A running key never leaves it. With no store
+//! (tests), a finished key leaves only when its retention has passed.
+//!
+//! Never: I/O, or a decision about the guarded operation.
 
-use crate::domain::{Millis, ShardId};
+use crate::domain::{Lsn, Millis, ShardId};
 use crate::gateway::msg::IdemBegin;
 use crate::ledger::Hash16;
-use std::collections::{HashMap, VecDeque};
+
+const WAYS: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// The operation runs (or its key is being looked up in the stores).
+    Running,
+    /// Finished; `holder` logged the record; it is in the holder's store once that store
+    /// has applied `durable` (the holder's durable LSN when the key finished).
+    Done { holder: ShardId, durable: Lsn },
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
+    key: Hash16,
     body: Hash16,
     at: Millis,
-    /// `None` while the operation runs.
-    holder: Option<ShardId>,
+    state: State,
+}
+
+/// What the index knows of a key without asking the stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Local {
+    Known(IdemBegin),
+    /// Not here: the stores must be asked (`resolve`). For `begin`, the key is now held as
+    /// running, so that a concurrent request with the same key waits for this one.
+    Unknown,
 }
 
 pub struct IdemIndex {
-    entries: HashMap<Hash16, Entry>,
-    order: VecDeque<(Millis, Hash16)>,
+    slots: Vec<Option<Entry>>,
+    mask: u64,
+    len: usize,
     retention_millis: u64,
-    max: usize,
+    /// True when finished keys may leave once their holder's store has them.
+    backed: bool,
 }
 
 impl IdemIndex {
-    pub fn new(retention_millis: u64, max: usize) -> IdemIndex {
+    /// An index of about `max` keys; `backed`: the stores hold every finished key.
+    pub fn new(retention_millis: u64, max: usize, backed: bool) -> IdemIndex {
         assert!(max > 0);
+        let sets = max.div_ceil(WAYS).next_power_of_two();
         IdemIndex {
-            entries: HashMap::new(),
-            order: VecDeque::new(),
+            slots: vec![None; sets * WAYS],
+            mask: sets as u64 - 1,
+            len: 0,
             retention_millis,
-            max,
+            backed,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
-    /// Adds a finished record found during start-up.
-    pub fn restore(&mut self, key: Hash16, body: Hash16, at: Millis, holder: ShardId) {
-        self.entries.insert(
-            key,
-            Entry {
-                body,
-                at,
-                holder: Some(holder),
-            },
-        );
-        self.order.push_back((at, key));
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
     }
 
-    /// Sorts the expiry queue after `restore` calls arrived out of time order.
-    pub fn finish_restore(&mut self) {
-        self.order.make_contiguous().sort();
-    }
-
-    pub fn begin(&mut self, key: Hash16, body: Hash16, now: Millis) -> IdemBegin {
-        self.prune(now);
-        if let Some(e) = self.entries.get(&key) {
-            return match (e.body == body, e.holder) {
+    /// Starts `key` with `body`. `stored(holder)` is that shard's store applied LSN.
+    pub fn begin(
+        &mut self,
+        key: Hash16,
+        body: Hash16,
+        now: Millis,
+        stored: &dyn Fn(ShardId) -> Lsn,
+    ) -> Local {
+        if let Some(i) = self.find(&key, now) {
+            let e = self.slots[i].expect("found");
+            return Local::Known(match (e.body == body, e.state) {
                 (false, _) => IdemBegin::Mismatch,
-                (true, None) => IdemBegin::InFlight,
-                (true, Some(holder)) => IdemBegin::Replay(holder),
-            };
+                (true, State::Running) => IdemBegin::InFlight,
+                (true, State::Done { holder, .. }) => IdemBegin::Replay(holder),
+            });
         }
-        if self.entries.len() >= self.max {
-            return IdemBegin::Full;
+        match self.place(key, body, now, State::Running, stored) {
+            true if self.backed => Local::Unknown,
+            true => Local::Known(IdemBegin::Proceed),
+            false => Local::Known(IdemBegin::Full),
         }
-        self.entries.insert(
-            key,
-            Entry {
-                body,
-                at: now,
-                holder: None,
-            },
-        );
-        self.order.push_back((now, key));
-        IdemBegin::Proceed
     }
 
-    /// Where `key` stands, without changing anything.
-    pub fn lookup(&self, key: &Hash16) -> IdemBegin {
-        match self.entries.get(key) {
+    /// Ends a `begin` that returned `Unknown`, with what the stores hold for the key
+    /// (`(holder, body, at)` of a record still within retention, or `None`).
+    pub fn resolve(
+        &mut self,
+        key: Hash16,
+        body: Hash16,
+        found: Option<(ShardId, Hash16, Millis)>,
+    ) -> IdemBegin {
+        let i = self
+            .slots_of(&key)
+            .find(|&i| self.slots[i].is_some_and(|e| e.key == key))
+            .expect("a key being resolved is held as running");
+        let e = self.slots[i].as_mut().expect("found");
+        assert_eq!(e.state, State::Running);
+        match found {
             None => IdemBegin::Proceed,
-            Some(Entry { holder: None, .. }) => IdemBegin::InFlight,
-            Some(Entry {
-                holder: Some(h), ..
-            }) => IdemBegin::Replay(*h),
-        }
-    }
-
-    pub fn end(&mut self, key: Hash16, holder: Option<ShardId>) {
-        match holder {
-            Some(h) => {
-                if let Some(e) = self.entries.get_mut(&key) {
-                    assert!(e.holder.is_none(), "a key finishes once");
-                    e.holder = Some(h);
+            Some((holder, stored_body, at)) => {
+                // The record is in the holder's store: nothing to wait for before eviction.
+                *e = Entry {
+                    key,
+                    body: stored_body,
+                    at,
+                    state: State::Done {
+                        holder,
+                        durable: Lsn(0),
+                    },
+                };
+                if stored_body == body {
+                    IdemBegin::Replay(holder)
+                } else {
+                    IdemBegin::Mismatch
                 }
             }
+        }
+    }
+
+    /// Where `key` stands, without changing anything (`Unknown`: ask the stores).
+    pub fn lookup(&self, key: &Hash16, now: Millis) -> Local {
+        match self
+            .find(key, now)
+            .map(|i| self.slots[i].expect("found").state)
+        {
+            Some(State::Running) => Local::Known(IdemBegin::InFlight),
+            Some(State::Done { holder, .. }) => Local::Known(IdemBegin::Replay(holder)),
+            None if self.backed => Local::Unknown,
+            None => Local::Known(IdemBegin::Proceed),
+        }
+    }
+
+    /// The operation under `key` ended: its record is at `holder` (durable there by LSN
+    /// `durable`), or it failed and the key is free again (`None`).
+    pub fn end(&mut self, key: Hash16, holder: Option<(ShardId, Lsn)>) {
+        let Some(i) = self
+            .slots_of(&key)
+            .find(|&i| self.slots[i].is_some_and(|e| e.key == key))
+        else {
+            return;
+        };
+        match holder {
+            Some((holder, durable)) => {
+                let e = self.slots[i].as_mut().expect("found");
+                assert_eq!(e.state, State::Running, "a key finishes once");
+                e.state = State::Done { holder, durable };
+            }
             None => {
-                self.entries.remove(&key);
+                self.slots[i] = None;
+                self.len -= 1;
             }
         }
     }
 
-    fn prune(&mut self, now: Millis) {
-        while let Some(&(at, key)) = self.order.front() {
-            if at.0 + self.retention_millis > now.0 {
-                break;
+    fn slots_of(&self, key: &Hash16) -> std::ops::Range<usize> {
+        let spread = u64::from_le_bytes(key[..8].try_into().expect("16 bytes"));
+        let base = ((spread & self.mask) as usize) * WAYS;
+        base..base + WAYS
+    }
+
+    fn expired(&self, e: &Entry, now: Millis) -> bool {
+        matches!(e.state, State::Done { .. }) && e.at.0 + self.retention_millis <= now.0
+    }
+
+    /// The slot of `key` if it is held and not expired.
+    fn find(&self, key: &Hash16, now: Millis) -> Option<usize> {
+        self.slots_of(key)
+            .find(|&i| self.slots[i].is_some_and(|e| e.key == *key && !self.expired(&e, now)))
+    }
+
+    fn place(
+        &mut self,
+        key: Hash16,
+        body: Hash16,
+        now: Millis,
+        state: State,
+        stored: &dyn Fn(ShardId) -> Lsn,
+    ) -> bool {
+        let range = self.slots_of(&key);
+        let free = range.clone().find(|&i| {
+            match &self.slots[i] {
+                None => true,
+                Some(e) if e.key == key => true, // expired copy of this key
+                Some(e) if self.expired(e, now) => true,
+                Some(Entry {
+                    state: State::Done { holder, durable },
+                    ..
+                }) => self.backed && stored(*holder) >= *durable,
+                Some(_) => false,
             }
-            self.order.pop_front();
-            // Only finished entries expire; a running one is still guarding its operation.
-            if self
-                .entries
-                .get(&key)
-                .is_some_and(|e| e.at == at && e.holder.is_some())
-            {
-                self.entries.remove(&key);
-            }
+        });
+        let Some(i) = free else {
+            return false;
+        };
+        if self.slots[i].is_none() {
+            self.len += 1;
         }
+        self.slots[i] = Some(Entry {
+            key,
+            body,
+            at: now,
+            state,
+        });
+        true
     }
 }
 
@@ -133,31 +230,108 @@ impl IdemIndex {
 mod tests {
     use super::*;
 
+    fn nothing_stored(_: ShardId) -> Lsn {
+        Lsn(0)
+    }
+
     #[test]
     fn a_key_goes_from_proceed_to_in_flight_to_replay() {
-        let mut idx = IdemIndex::new(1000, 10);
+        let mut idx = IdemIndex::new(1000, 64, false);
         let (k, b) = ([1; 16], [2; 16]);
-        assert_eq!(idx.begin(k, b, Millis(0)), IdemBegin::Proceed);
-        assert_eq!(idx.begin(k, b, Millis(1)), IdemBegin::InFlight);
-        assert_eq!(idx.begin(k, [3; 16], Millis(1)), IdemBegin::Mismatch);
-        idx.end(k, Some(ShardId(3)));
-        assert_eq!(idx.begin(k, b, Millis(2)), IdemBegin::Replay(ShardId(3)));
-        assert_eq!(idx.begin(k, [3; 16], Millis(2)), IdemBegin::Mismatch);
+        let begin = |idx: &mut IdemIndex, body, at| idx.begin(k, body, Millis(at), &nothing_stored);
+        assert_eq!(begin(&mut idx, b, 0), Local::Known(IdemBegin::Proceed));
+        assert_eq!(begin(&mut idx, b, 1), Local::Known(IdemBegin::InFlight));
         assert_eq!(
-            idx.begin(k, b, Millis(1000)),
-            IdemBegin::Proceed,
+            begin(&mut idx, [3; 16], 1),
+            Local::Known(IdemBegin::Mismatch)
+        );
+        idx.end(k, Some((ShardId(3), Lsn(7))));
+        assert_eq!(
+            begin(&mut idx, b, 2),
+            Local::Known(IdemBegin::Replay(ShardId(3)))
+        );
+        assert_eq!(
+            begin(&mut idx, [3; 16], 2),
+            Local::Known(IdemBegin::Mismatch)
+        );
+        assert_eq!(
+            begin(&mut idx, b, 1000),
+            Local::Known(IdemBegin::Proceed),
             "expired after retention"
         );
     }
 
     #[test]
-    fn a_failed_operation_frees_its_key_and_the_index_is_bounded() {
-        let mut idx = IdemIndex::new(1000, 2);
-        assert_eq!(idx.begin([1; 16], [0; 16], Millis(0)), IdemBegin::Proceed);
+    fn a_failed_operation_frees_its_key_and_an_unbacked_index_is_bounded() {
+        let mut idx = IdemIndex::new(1000, 8, false);
+        assert_eq!(
+            idx.begin([1; 16], [0; 16], Millis(0), &nothing_stored),
+            Local::Known(IdemBegin::Proceed)
+        );
         idx.end([1; 16], None);
         assert_eq!(idx.len(), 0);
-        assert_eq!(idx.begin([1; 16], [9; 16], Millis(0)), IdemBegin::Proceed);
-        assert_eq!(idx.begin([2; 16], [0; 16], Millis(0)), IdemBegin::Proceed);
-        assert_eq!(idx.begin([3; 16], [0; 16], Millis(0)), IdemBegin::Full);
+        // Keys that all fall into one set: the ninth finds no slot while eight run.
+        let key = |n: u8| {
+            let mut k = [0u8; 16];
+            k[15] = n;
+            k
+        };
+        for n in 0..8 {
+            assert_eq!(
+                idx.begin(key(n), [0; 16], Millis(0), &nothing_stored),
+                Local::Known(IdemBegin::Proceed)
+            );
+        }
+        assert_eq!(
+            idx.begin(key(8), [0; 16], Millis(0), &nothing_stored),
+            Local::Known(IdemBegin::Full)
+        );
+    }
+
+    #[test]
+    fn a_finished_key_leaves_only_once_its_holder_stored_it() {
+        let mut idx = IdemIndex::new(86_400_000, 8, true);
+        let key = |n: u8| {
+            let mut k = [0u8; 16];
+            k[15] = n;
+            k
+        };
+        for n in 0..8 {
+            assert_eq!(
+                idx.begin(key(n), [n; 16], Millis(0), &nothing_stored),
+                Local::Unknown
+            );
+            assert_eq!(idx.resolve(key(n), [n; 16], None), IdemBegin::Proceed);
+            idx.end(key(n), Some((ShardId(0), Lsn(100 + n as u64))));
+        }
+        // The holder's store has applied up to 101: keys 0 and 1 may leave, no other.
+        let stored = |_: ShardId| Lsn(101);
+        assert_eq!(
+            idx.begin(key(8), [8; 16], Millis(1), &stored),
+            Local::Unknown
+        );
+        assert_eq!(
+            idx.begin(key(9), [9; 16], Millis(1), &stored),
+            Local::Unknown
+        );
+        assert_eq!(
+            idx.begin(key(10), [10; 16], Millis(1), &stored),
+            Local::Known(IdemBegin::Full)
+        );
+        // An evicted key is found again in the stores: replayed, or refused for another body.
+        assert_eq!(idx.resolve(key(8), [8; 16], None), IdemBegin::Proceed);
+        idx.end(key(8), None);
+        assert_eq!(
+            idx.begin(key(0), [7; 16], Millis(2), &stored),
+            Local::Unknown
+        );
+        assert_eq!(
+            idx.resolve(key(0), [7; 16], Some((ShardId(0), [0; 16], Millis(0)))),
+            IdemBegin::Mismatch
+        );
+        assert_eq!(
+            idx.lookup(&key(0), Millis(3)),
+            Local::Known(IdemBegin::Replay(ShardId(0)))
+        );
     }
 }

@@ -10,10 +10,10 @@ pub mod msg;
 pub mod service;
 
 use crate::domain::{Lsn, Millis, ShardId};
-use crate::gateway::idem_index::IdemIndex;
+use crate::gateway::idem_index::{IdemIndex, Local};
 use crate::gateway::msg::*;
 use crate::ledger::*;
-use crate::store::reader::StoreReader;
+use crate::store::reader::{StoreReader, Stores};
 use crate::wal::{SegmentDir, WalWriter};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -96,6 +96,9 @@ pub struct Gateway<D: SegmentDir, P: Peers> {
     pub requests: Cell<u64>,
     /// The shard's store: cold payments and due holds (`None`: every payment is in memory).
     store: Option<StoreReader>,
+    /// Every shard's store and durable LSN (idempotency keys that left the index).
+    stores: Option<Stores>,
+    last_prune: Cell<u64>,
     /// Payments being read from the store, with the requests waiting for the same read.
     fetching: RefCell<HashMap<u64, Vec<futures::channel::oneshot::Sender<()>>>>,
     last_expiry_scan: Cell<u64>,
@@ -124,8 +127,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         peers: P,
         idem: IdemIndex,
         clock: fn() -> Millis,
-        store: Option<StoreReader>,
+        stores: Option<Stores>,
     ) -> Rc<Self> {
+        let store = stores.as_ref().map(|s| s.own.clone());
         assert_eq!(ledger.shard(), config.shard);
         assert_eq!(
             store.is_some(),
@@ -148,6 +152,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             shed: Cell::new(0),
             requests: Cell::new(0),
             store,
+            stores,
+            last_prune: Cell::new(0),
             fetching: RefCell::new(HashMap::new()),
             last_expiry_scan: Cell::new(0),
             cold_reads: Cell::new(0),
@@ -435,24 +441,19 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             }
             Request::MerchantLookup(id) => Reply::Merchant(self.merchant_facts(&id)),
             Request::IdemBegin { key, body, now } => {
-                Reply::Idem(self.idem.borrow_mut().begin(key, body, now))
+                Reply::Idem(self.idem_begin(key, body, now).await)
             }
             Request::IdemEnd { key, owner } => {
-                self.idem.borrow_mut().end(key, owner);
-                let answer = owner.map_or(IdemBegin::Proceed, IdemBegin::Replay);
-                for waiter in self
-                    .idem_waiters
-                    .borrow_mut()
-                    .remove(&key)
-                    .unwrap_or_default()
-                {
-                    let _ = waiter.send(answer);
-                }
+                // The holder answered after its record was durable: its durable LSN now
+                // covers the record, so once its store has applied that LSN, so has the record.
+                let holder = owner.map(|h| (h, self.durable_of(h)));
+                self.idem.borrow_mut().end(key, holder);
+                self.wake_idem(key, owner.map_or(IdemBegin::Proceed, IdemBegin::Replay));
                 Reply::Ack
             }
-            Request::IdemLookup(key) => Reply::Idem(self.idem.borrow().lookup(&key)),
+            Request::IdemLookup(key) => Reply::Idem(self.idem_lookup(key).await),
             Request::IdemAwait(key) => {
-                let state = self.idem.borrow().lookup(&key);
+                let state = self.idem_lookup(key).await;
                 if state != IdemBegin::InFlight {
                     return Reply::Idem(state);
                 }
@@ -468,11 +469,21 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                 if self.read_barrier().await.is_err() {
                     return Reply::Unavailable;
                 }
-                let ledger = self.ledger.borrow();
-                Reply::Outcome(match ledger.idempotency(&key) {
-                    Some(r) => r.outcome.clone(),
-                    None => Outcome::Rejected(Reject::PaymentNotFound),
-                })
+                let held = self
+                    .ledger
+                    .borrow()
+                    .idempotency(&key)
+                    .map(|r| r.outcome.clone());
+                let record = match (held, &self.store) {
+                    (Some(outcome), _) => Some(outcome),
+                    // Not held: the window keeps a record until its store has it.
+                    (None, Some(store)) => match store.idem(key).await {
+                        Ok(r) => r.map(|r| r.outcome),
+                        Err(_) => return Reply::Unavailable,
+                    },
+                    (None, None) => None,
+                };
+                Reply::Outcome(record.unwrap_or(Outcome::Rejected(Reject::PaymentNotFound)))
             }
             Request::RefundPrepare {
                 seq,
@@ -500,6 +511,90 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             Request::Stats => Reply::Stats(Box::new(self.stats())),
             Request::Provision(p) => self.provision(p).await,
         }
+    }
+
+    // ---- idempotency keys owned here ---------------------------------------------------
+
+    fn store_applied_of(&self, shard: ShardId) -> Lsn {
+        self.stores
+            .as_ref()
+            .map_or(Lsn(0), |s| s.all[shard.index()].applied())
+    }
+
+    fn durable_of(&self, shard: ShardId) -> Lsn {
+        self.stores.as_ref().map_or(Lsn(u64::MAX), |s| {
+            Lsn(s.durables[shard.index()].load(std::sync::atomic::Ordering::Acquire))
+        })
+    }
+
+    fn wake_idem(&self, key: Hash16, answer: IdemBegin) {
+        let waiters = self.idem_waiters.borrow_mut().remove(&key);
+        for waiter in waiters.unwrap_or_default() {
+            let _ = waiter.send(answer);
+        }
+    }
+
+    async fn idem_begin(&self, key: Hash16, body: Hash16, now: Millis) -> IdemBegin {
+        let local = {
+            let stored = |h: ShardId| self.store_applied_of(h);
+            self.idem.borrow_mut().begin(key, body, now, &stored)
+        };
+        match local {
+            Local::Known(answer) => answer,
+            Local::Unknown => match self.find_idem_record(key, now).await {
+                Ok(found) => {
+                    let answer = self.idem.borrow_mut().resolve(key, body, found);
+                    if answer != IdemBegin::Proceed {
+                        self.wake_idem(key, answer);
+                    }
+                    answer
+                }
+                Err(()) => {
+                    self.idem.borrow_mut().end(key, None);
+                    self.wake_idem(key, IdemBegin::Proceed);
+                    IdemBegin::Full // answered 503 / 91: the stores could not say in time
+                }
+            },
+        }
+    }
+
+    async fn idem_lookup(&self, key: Hash16) -> IdemBegin {
+        let now = self.now();
+        let local = self.idem.borrow().lookup(&key, now);
+        match local {
+            Local::Known(answer) => answer,
+            Local::Unknown => match self.find_idem_record(key, now).await {
+                Ok(Some((holder, _, _))) => IdemBegin::Replay(holder),
+                Ok(None) => IdemBegin::Proceed,
+                Err(()) => IdemBegin::Full,
+            },
+        }
+    }
+
+    /// Asks every shard's store for `key`'s record: (holder, body, at) of one still within
+    /// its retention.
+    async fn find_idem_record(
+        &self,
+        key: Hash16,
+        now: Millis,
+    ) -> Result<Option<(ShardId, Hash16, Millis)>, ()> {
+        let Some(stores) = &self.stores else {
+            return Ok(None);
+        };
+        let reads = stores.all.iter().map(|s| s.idem(key));
+        let answers = futures::future::join_all(reads).await;
+        let retention = self.config.idempotency_retention_millis;
+        let mut found = None;
+        for (shard, answer) in answers.into_iter().enumerate() {
+            match answer {
+                Ok(Some(r)) if r.at.0 + retention > now.0 => {
+                    found = Some((ShardId(shard as u16), r.body, r.at));
+                }
+                Ok(_) => {}
+                Err(_) => return Err(()),
+            }
+        }
+        Ok(found)
     }
 
     fn merchant_facts(&self, id: &MerchantId) -> Option<MerchantFacts> {
@@ -630,14 +725,15 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             self.last_expiry_scan.set(now.0);
             self.expire_holds(now).await;
         }
+        // The store prunes records past their retention when it applies this record.
         let retention = self.config.idempotency_retention_millis;
         let before = Millis(now.0.saturating_sub(retention));
-        let stale = self
-            .ledger
-            .borrow()
-            .oldest_idempotency()
-            .is_some_and(|at| at < before);
-        if stale && self.accepting.get() {
+        if self.store.is_some()
+            && self.accepting.get()
+            && now.0.saturating_sub(self.last_prune.get()) >= EXPIRY_SCAN_MILLIS
+            && before.0 > 0
+        {
+            self.last_prune.set(now.0);
             let _ = self.execute(Command::PruneIdempotency { before }).await;
         }
         if now.0.saturating_sub(self.last_resend.get()) >= self.config.credit_resend_millis {
@@ -730,7 +826,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             payment_window: ledger.payments_held().1.unwrap_or(0),
             store_applied_lsn: self.store.as_ref().map_or(0, |s| s.applied().0),
             store_checkpoint_lsn: self.store.as_ref().map_or(0, |s| {
-                s.progress().checkpoint.load(std::sync::atomic::Ordering::Relaxed)
+                s.progress()
+                    .checkpoint
+                    .load(std::sync::atomic::Ordering::Relaxed)
             }),
             wal_segments_deleted: self.store.as_ref().map_or(0, |s| {
                 s.progress()
@@ -738,7 +836,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                     .load(std::sync::atomic::Ordering::Relaxed)
             }),
             store_failures: self.store.as_ref().map_or(0, |s| {
-                s.progress().failures.load(std::sync::atomic::Ordering::Relaxed)
+                s.progress()
+                    .failures
+                    .load(std::sync::atomic::Ordering::Relaxed)
             }),
             cold_reads: self.cold_reads.get(),
             store_shed: self.store_shed.get(),
@@ -751,26 +851,4 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
 /// Compares two secrets in time independent of where they differ.
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Rebuilds every shard's idempotency index from the records held in all ledgers.
-pub fn rebuild_idem_indexes(
-    ledgers: &[Ledger],
-    retention_millis: u64,
-    max: usize,
-) -> Vec<IdemIndex> {
-    let shards = ledgers.len() as u16;
-    let mut indexes: Vec<IdemIndex> = (0..shards)
-        .map(|_| IdemIndex::new(retention_millis, max))
-        .collect();
-    for ledger in ledgers {
-        for (key, record) in ledger.idempotency_keys() {
-            let owner = crate::shard::routing::shard_of_key(key, shards);
-            indexes[owner.index()].restore(*key, record.body, record.at, ledger.shard());
-        }
-    }
-    for idx in &mut indexes {
-        idx.finish_restore();
-    }
-    indexes
 }

@@ -194,7 +194,10 @@ fn touched(ledger: &Ledger, cmd: &Command) -> (Vec<AccountId>, Vec<u64>) {
                 payments.push(payment_seq);
             }
         }
-        Command::ExpireHolds { now, payments: named } => {
+        Command::ExpireHolds {
+            now,
+            payments: named,
+        } => {
             for &seq in named {
                 let due = ledger.payment(seq).is_some_and(|p| {
                     p.view.status == crate::ledger::PaymentStatus::Authorized

@@ -7,8 +7,8 @@
 pub mod command;
 pub mod decline;
 pub mod effects;
-pub mod payments;
 pub mod state;
+pub mod window;
 
 pub use command::*;
 pub use decline::Decline;

@@ -8,9 +8,9 @@
 use crate::domain::{AccountId, Currency, Lsn, Millis, ShardId};
 use crate::ledger::command::*;
 use crate::ledger::decline::Decline;
-use crate::ledger::payments::{NoRoom, PaymentTable};
+use crate::ledger::window::{IdemTable, NoRoom, PaymentTable};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Account {
@@ -93,8 +93,9 @@ pub struct Ledger {
     /// shard's store: a command may only touch payments that are held (`needs_payment`).
     payments: PaymentTable,
     next_payment: u64,
-    idem: HashMap<Hash16, IdemRecord>,
-    idem_order: VecDeque<(Millis, Hash16)>,
+    /// Idempotency records of changes logged here: all, or a window in front of the store
+    /// (which also prunes them after their retention).
+    idem: IdemTable,
     /// Credits sent to other shards and not yet acknowledged, by (destination, seq).
     outbox: BTreeMap<(ShardId, u64), (Lsn, Credit)>,
     next_out: Vec<u64>,
@@ -116,7 +117,6 @@ pub struct Changes {
     pub merchants: BTreeSet<MerchantId>,
     pub payments: BTreeSet<u64>,
     pub idem_added: Vec<Hash16>,
-    pub idem_removed: Vec<(Millis, Hash16)>,
     pub transfers: Vec<String>,
     pub outbox_added: Vec<(ShardId, u64)>,
     pub outbox_removed: Vec<(ShardId, u64)>,
@@ -142,7 +142,6 @@ pub struct Snapshot {
     pub accounts: Vec<(AccountId, Account)>,
     pub cards: Vec<Card>,
     pub merchants: Vec<(MerchantId, Merchant)>,
-    pub idem: Vec<(Hash16, IdemRecord)>,
     pub transfers: Vec<TransferView>,
     pub outbox: Vec<((ShardId, u64), (Lsn, Credit))>,
 }
@@ -162,8 +161,7 @@ impl Ledger {
             merchants: HashMap::new(),
             payments: PaymentTable::all(),
             next_payment: 1,
-            idem: HashMap::new(),
-            idem_order: VecDeque::new(),
+            idem: IdemTable::all(),
             outbox: BTreeMap::new(),
             next_out: vec![1; shards as usize],
             applied_in: vec![0; shards as usize],
@@ -177,9 +175,11 @@ impl Ledger {
 
     /// A ledger that holds at most about `window` payments; the rest are in the store and
     /// must be loaded (`load_payment`) before a command touches them.
+    /// Idempotency records share the budget: one slot for every four payment slots.
     pub fn with_payment_window(shard: ShardId, shards: u16, window: usize) -> Ledger {
         let mut ledger = Ledger::new(shard, shards);
         ledger.payments = PaymentTable::window(window);
+        ledger.idem = IdemTable::window(window / 4);
         ledger
     }
 
@@ -187,7 +187,11 @@ impl Ledger {
     pub fn from_snapshot(shard: ShardId, shards: u16, window: usize, snap: Snapshot) -> Ledger {
         let mut l = Ledger::with_payment_window(shard, shards, window);
         if let Some(sc) = snap.scalars {
-            assert_eq!((sc.shard, sc.shards), (shard, shards), "the store is this shard's");
+            assert_eq!(
+                (sc.shard, sc.shards),
+                (shard, shards),
+                "the store is this shard's"
+            );
             l.next_card = sc.next_card;
             l.next_payment = sc.next_payment;
             l.next_out = sc.next_out;
@@ -204,10 +208,6 @@ impl Ledger {
             l.cards.insert(c.id, c);
         }
         l.merchants.extend(snap.merchants);
-        let mut order: Vec<(Millis, Hash16)> = snap.idem.iter().map(|(k, r)| (r.at, *k)).collect();
-        order.sort();
-        l.idem_order = order.into();
-        l.idem.extend(snap.idem);
         l.transfers
             .extend(snap.transfers.into_iter().map(|t| (t.id.clone(), t)));
         l.outbox.extend(snap.outbox);
@@ -228,8 +228,7 @@ impl Ledger {
             merchants: self.merchants.clone(),
             payments: PaymentTable::window(window),
             next_payment: self.next_payment,
-            idem: self.idem.clone(),
-            idem_order: self.idem_order.clone(),
+            idem: IdemTable::window(window / 4),
             outbox: self.outbox.clone(),
             next_out: self.next_out.clone(),
             applied_in: self.applied_in.clone(),
@@ -248,7 +247,10 @@ impl Ledger {
 
     /// What changed since the last call (empty when not tracking).
     pub fn take_changes(&mut self) -> Changes {
-        self.changes.as_mut().map(|c| std::mem::take(&mut **c)).unwrap_or_default()
+        self.changes
+            .as_mut()
+            .map(|c| std::mem::take(&mut **c))
+            .unwrap_or_default()
     }
 
     fn note(&mut self, f: impl FnOnce(&mut Changes)) {
@@ -278,7 +280,7 @@ impl Ledger {
         self.cards.get(&id)
     }
     pub fn idem_row(&self, key: &Hash16) -> Option<&IdemRecord> {
-        self.idem.get(key)
+        self.idem.get(*key)
     }
     pub fn transfer_row(&self, id: &str) -> Option<&TransferView> {
         self.transfers.get(id)
@@ -302,7 +304,10 @@ impl Ledger {
     /// Places a payment read from the store. `Err(NoRoom)` when its set holds only changes
     /// the store has not applied yet.
     pub fn load_payment(&mut self, seq: u64, payment: Payment) -> Result<(), NoRoom> {
-        assert!(self.payment_exists(seq), "the store holds only payments that exist");
+        assert!(
+            self.payment_exists(seq),
+            "the store holds only payments that exist"
+        );
         assert_eq!(payment.view.id.seq, seq);
         self.payments.load(seq, payment)
     }
@@ -310,6 +315,7 @@ impl Ledger {
     /// The store has applied every record up to `lsn`: changes up to it may leave memory.
     pub fn set_stored(&mut self, lsn: Lsn) {
         self.payments.set_stored(lsn);
+        self.idem.set_stored(lsn);
     }
 
     /// Payments held in memory, and the window's size (`None`: every payment is held).
@@ -339,7 +345,9 @@ impl Ledger {
     /// must not log it (shed, or let the store catch up first).
     pub fn has_room_for(&self, cmd: &Command) -> bool {
         let new_payment = matches!(cmd, Command::Authorize { .. });
-        (!new_payment || self.payments.has_room(self.next_payment))
+        let idem_room = command_idem(cmd).is_none_or(|tag| self.idem.has_room(tag.key));
+        idem_room
+            && (!new_payment || self.payments.has_room(self.next_payment))
             && self
                 .needs_payments(cmd)
                 .iter()
@@ -349,7 +357,10 @@ impl Ledger {
     /// Uncaptured authorizations due at `now`, found by scanning held payments: for ledgers
     /// that hold every payment (tests, tools, a gateway without a store). O(payments).
     pub fn holds_due_in_memory(&self, now: Millis, limit: usize) -> Vec<u64> {
-        assert!(!self.payments.is_window(), "a window does not hold every hold");
+        assert!(
+            !self.payments.is_window(),
+            "a window does not hold every hold"
+        );
         let mut due: Vec<(Millis, u64)> = self
             .payments
             .iter()
@@ -424,15 +435,12 @@ impl Ledger {
         self.accounts.get_mut(&id)
     }
 
+    /// A held idempotency record (in a window, the store holds those that left memory).
     pub fn idempotency(&self, key: &Hash16) -> Option<&IdemRecord> {
-        self.idem.get(key)
+        self.idem.get(*key)
     }
 
-    /// Every idempotency key recorded here, for rebuilding the key-owner index at start-up.
-    pub fn idempotency_keys(&self) -> impl Iterator<Item = (&Hash16, &IdemRecord)> {
-        self.idem.iter()
-    }
-
+    /// Idempotency records held in memory.
     pub fn idempotency_len(&self) -> usize {
         self.idem.len()
     }
@@ -477,10 +485,6 @@ impl Ledger {
         self.next_card * crate::domain::SHARDS_MAX as u64 + self.shard.0 as u64
     }
 
-    pub fn oldest_idempotency(&self) -> Option<Millis> {
-        self.idem_order.front().map(|&(at, _)| at)
-    }
-
     pub fn counts(&self) -> (usize, usize, usize, usize) {
         (
             self.accounts.len(),
@@ -515,7 +519,10 @@ impl Ledger {
     /// payment must have room (`has_room_for`): both are checked before the record is logged.
     pub fn apply(&mut self, lsn: Lsn, cmd: &Command) -> Outcome {
         assert!(lsn.0 > 0 && self.applying.0 == 0);
-        assert!(self.has_room_for(cmd), "payments loaded and room checked before apply");
+        assert!(
+            self.has_room_for(cmd),
+            "payments loaded and room checked before apply"
+        );
         self.applying = lsn;
         let outcome = match cmd {
             Command::CreateAccount {
@@ -672,16 +679,10 @@ impl Ledger {
             }
             Command::ExpireHolds { now, payments } => self.expire_holds(*now, payments),
             Command::PruneIdempotency { before } => {
-                while let Some(&(at, key)) = self.idem_order.front() {
-                    if at >= *before {
-                        break;
-                    }
-                    self.idem_order.pop_front();
-                    if self.idem.get(&key).is_some_and(|r| r.at == at) {
-                        self.idem.remove(&key);
-                        self.note(|c| c.idem_removed.push((at, key)));
-                    }
-                }
+                // Records are pruned where they are kept: by the store (a range of its index
+                // by time); held copies simply age out of the window. `before` is a record
+                // of when, for the store to act on in order.
+                let _ = before;
                 Outcome::Done
             }
         };
@@ -699,16 +700,18 @@ impl Ledger {
     }
 
     fn record_idem(&mut self, tag: IdemTag, now: Millis, outcome: Outcome) {
-        let previous = self.idem.insert(
-            tag.key,
-            IdemRecord {
-                body: tag.body,
-                at: now,
-                outcome,
-            },
-        );
-        assert!(previous.is_none() || previous.as_ref().is_some_and(|p| p.body == tag.body));
-        self.idem_order.push_back((now, tag.key));
+        // The key's owner lets a key run once per retention; a held copy with another body
+        // is a broken invariant.
+        assert!(self
+            .idem
+            .get(tag.key)
+            .is_none_or(|p| p.body == tag.body || p.at < now));
+        let record = IdemRecord {
+            body: tag.body,
+            at: now,
+            outcome,
+        };
+        self.idem.upsert(tag.key, record, self.applying);
         self.note(|c| c.idem_added.push(tag.key));
     }
 
@@ -970,7 +973,10 @@ impl Ledger {
             .get(seq)
             .is_some_and(|p| &p.view.merchant == merchant);
         if !owned {
-            assert!(!self.payment_exists(seq) || self.payments.contains(seq), "loaded");
+            assert!(
+                !self.payment_exists(seq) || self.payments.contains(seq),
+                "loaded"
+            );
             return Err(Reject::PaymentNotFound);
         }
         match self.payment_mut(seq) {
@@ -1265,9 +1271,10 @@ impl Ledger {
     /// captured, voided or expired, or not yet due) are left as they are.
     fn expire_holds(&mut self, now: Millis, payments: &[u64]) -> Outcome {
         for &seq in payments {
-            let due = self.payments.get(seq).is_some_and(|p| {
-                p.view.status == PaymentStatus::Authorized && p.expires_at <= now
-            });
+            let due = self
+                .payments
+                .get(seq)
+                .is_some_and(|p| p.view.status == PaymentStatus::Authorized && p.expires_at <= now);
             if !due {
                 continue;
             }

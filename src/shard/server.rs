@@ -8,7 +8,7 @@
 use crate::config::Config;
 use crate::domain::ShardId;
 use crate::gateway::idem_index::IdemIndex;
-use crate::gateway::{rebuild_idem_indexes, system_clock, Gateway, GatewayConfig};
+use crate::gateway::{system_clock, Gateway, GatewayConfig};
 use crate::http::api::Api;
 use crate::iso8583::flows::IsoApi;
 use crate::ledger::Ledger;
@@ -17,7 +17,7 @@ use crate::shard::disk::DmaSegmentDir;
 use crate::shard::iso_net::{IsoLimits, IsoServer};
 use crate::shard::mesh::{start_receivers, Envelope, MeshPeers};
 use crate::shard::net;
-use crate::store::reader::{spawn_readers, StoreProgress, StoreReader};
+use crate::store::reader::{spawn_readers, StoreProgress, StoreReader, Stores};
 use crate::store::writer::{Recovery, StoreWriter, WriterConfig};
 use crate::store::{store_path, Store};
 use crate::wal::{Recovered, SyncMode, WalConfig, WalWriter};
@@ -289,8 +289,11 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     if config.replication.sinks_configured() {
         info!("WAL segments are kept while a replication sink is configured (no recycling)");
     }
+    // Idempotency keys start unindexed: a key not in memory is looked up in the stores.
     let retention = config.idempotency.retention_secs * 1000;
-    let indexes = rebuild_idem_indexes(&ledgers, retention, config.idempotency.max_keys_per_shard);
+    let indexes: Vec<IdemIndex> = (0..shards)
+        .map(|_| IdemIndex::new(retention, config.idempotency.max_keys_per_shard, true))
+        .collect();
     info!(
         "recovered {shards} shards in {} ms",
         started.elapsed().as_millis()
@@ -361,7 +364,14 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     });
     let mesh = MeshBuilder::<Envelope, _>::full(shards as usize, config.mesh.ring_capacity);
     let mut handles = Vec::new();
-    let parts = ledgers.into_iter().zip(recovered).zip(indexes).zip(readers);
+    let stores: Vec<Stores> = (0..shards as usize)
+        .map(|k| Stores {
+            own: readers[k].clone(),
+            all: readers.clone(),
+            durables: durables.clone(),
+        })
+        .collect();
+    let parts = ledgers.into_iter().zip(recovered).zip(indexes).zip(stores);
     for (k, (((ledger, rec), idem), reader)) in parts.enumerate() {
         let placement = if config.server.pin_cores {
             Placement::Fixed(config.server.cores.get(k).copied().unwrap_or(k))
@@ -430,7 +440,7 @@ struct ShardCtx {
     admin_key: String,
     sync: SyncMode,
     durable: Arc<AtomicU64>,
-    reader: StoreReader,
+    reader: Stores,
 }
 
 async fn run_shard(ctx: ShardCtx) -> Result<(), String> {

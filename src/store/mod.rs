@@ -38,7 +38,9 @@ const MERCHANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("merchants"
 const PAYMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("payments");
 /// Uncaptured authorizations by (expires_at, seq): the index that releases holds.
 const HOLDS: TableDefinition<(u64, u64), ()> = TableDefinition::new("holds");
-const IDEM: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempotency");
+const IDEM: TableDefinition<u128, &[u8]> = TableDefinition::new("idempotency");
+/// Idempotency records by (at, key): what pruning walks.
+const IDEM_BY_TIME: TableDefinition<(u64, u128), ()> = TableDefinition::new("idempotency_by_time");
 const TRANSFERS: TableDefinition<&str, &[u8]> = TableDefinition::new("transfers");
 const OUTBOX: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("outbox");
 
@@ -120,13 +122,19 @@ impl Store {
                     ))
                 }
             }
-            txn.open_table(ACCOUNTS).map_err(|e| err(p, "accounts", e))?;
+            txn.open_table(ACCOUNTS)
+                .map_err(|e| err(p, "accounts", e))?;
             txn.open_table(CARDS).map_err(|e| err(p, "cards", e))?;
-            txn.open_table(MERCHANTS).map_err(|e| err(p, "merchants", e))?;
-            txn.open_table(PAYMENTS).map_err(|e| err(p, "payments", e))?;
+            txn.open_table(MERCHANTS)
+                .map_err(|e| err(p, "merchants", e))?;
+            txn.open_table(PAYMENTS)
+                .map_err(|e| err(p, "payments", e))?;
             txn.open_table(HOLDS).map_err(|e| err(p, "holds", e))?;
             txn.open_table(IDEM).map_err(|e| err(p, "idempotency", e))?;
-            txn.open_table(TRANSFERS).map_err(|e| err(p, "transfers", e))?;
+            txn.open_table(IDEM_BY_TIME)
+                .map_err(|e| err(p, "idempotency", e))?;
+            txn.open_table(TRANSFERS)
+                .map_err(|e| err(p, "transfers", e))?;
             txn.open_table(OUTBOX).map_err(|e| err(p, "outbox", e))?;
         }
         txn.set_durability(Durability::Immediate);
@@ -162,34 +170,32 @@ impl Store {
         if let Some(v) = meta.get(META_SCALARS).map_err(|e| err(p, "meta", e))? {
             snap.scalars = Some(decode::<Scalars>(p, "scalars", v.value())?);
         }
-        let accounts = txn.open_table(ACCOUNTS).map_err(|e| err(p, "accounts", e))?;
+        let accounts = txn
+            .open_table(ACCOUNTS)
+            .map_err(|e| err(p, "accounts", e))?;
         for row in accounts.iter().map_err(|e| err(p, "accounts", e))? {
             let (k, v) = row.map_err(|e| err(p, "accounts", e))?;
-            snap.accounts
-                .push((AccountId(k.value()), decode::<Account>(p, "account", v.value())?));
+            snap.accounts.push((
+                AccountId(k.value()),
+                decode::<Account>(p, "account", v.value())?,
+            ));
         }
         let cards = txn.open_table(CARDS).map_err(|e| err(p, "cards", e))?;
         for row in cards.iter().map_err(|e| err(p, "cards", e))? {
             let (_, v) = row.map_err(|e| err(p, "cards", e))?;
             snap.cards.push(decode::<Card>(p, "card", v.value())?);
         }
-        let merchants = txn.open_table(MERCHANTS).map_err(|e| err(p, "merchants", e))?;
+        let merchants = txn
+            .open_table(MERCHANTS)
+            .map_err(|e| err(p, "merchants", e))?;
         for row in merchants.iter().map_err(|e| err(p, "merchants", e))? {
             let (k, v) = row.map_err(|e| err(p, "merchants", e))?;
             let m = decode::<Merchant>(p, "merchant", v.value())?;
             snap.merchants.push((MerchantId(k.value().to_string()), m));
         }
-        let idem = txn.open_table(IDEM).map_err(|e| err(p, "idempotency", e))?;
-        for row in idem.iter().map_err(|e| err(p, "idempotency", e))? {
-            let (k, v) = row.map_err(|e| err(p, "idempotency", e))?;
-            let key: Hash16 = k
-                .value()
-                .try_into()
-                .map_err(|_| err(p, "idempotency", "key is not 16 bytes"))?;
-            snap.idem
-                .push((key, decode::<IdemRecord>(p, "idempotency record", v.value())?));
-        }
-        let transfers = txn.open_table(TRANSFERS).map_err(|e| err(p, "transfers", e))?;
+        let transfers = txn
+            .open_table(TRANSFERS)
+            .map_err(|e| err(p, "transfers", e))?;
         for row in transfers.iter().map_err(|e| err(p, "transfers", e))? {
             let (_, v) = row.map_err(|e| err(p, "transfers", e))?;
             snap.transfers
@@ -209,9 +215,23 @@ impl Store {
     pub fn payment(&self, seq: u64) -> Result<Option<Payment>, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
-        let table = txn.open_table(PAYMENTS).map_err(|e| err(p, "payments", e))?;
+        let table = txn
+            .open_table(PAYMENTS)
+            .map_err(|e| err(p, "payments", e))?;
         let row = table.get(seq).map_err(|e| err(p, "payments", e))?;
         row.map(|v| decode::<Payment>(p, "payment", v.value()))
+            .transpose()
+    }
+
+    /// The idempotency record of `key`, if this shard's WAL logged one still kept.
+    pub fn idem(&self, key: &Hash16) -> Result<Option<IdemRecord>, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let table = txn.open_table(IDEM).map_err(|e| err(p, "idempotency", e))?;
+        let row = table
+            .get(u128::from_le_bytes(*key))
+            .map_err(|e| err(p, "idempotency", e))?;
+        row.map(|v| decode::<IdemRecord>(p, "idempotency record", v.value()))
             .transpose()
     }
 
@@ -236,7 +256,9 @@ impl Store {
     pub fn payments_stored(&self) -> Result<u64, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
-        let table = txn.open_table(PAYMENTS).map_err(|e| err(p, "payments", e))?;
+        let table = txn
+            .open_table(PAYMENTS)
+            .map_err(|e| err(p, "payments", e))?;
         table.len().map_err(|e| err(p, "payments", e))
     }
 
@@ -260,7 +282,10 @@ impl Batch<'_> {
     /// A payment as this batch sees it (the writer's cold reads).
     pub fn payment(&self, seq: u64) -> Result<Option<Payment>, StoreError> {
         let p = &self.store.path;
-        let table = self.txn.open_table(PAYMENTS).map_err(|e| err(p, "payments", e))?;
+        let table = self
+            .txn
+            .open_table(PAYMENTS)
+            .map_err(|e| err(p, "payments", e))?;
         let row = table.get(seq).map_err(|e| err(p, "payments", e))?;
         row.map(|v| decode::<Payment>(p, "payment", v.value()))
             .transpose()
@@ -272,7 +297,9 @@ impl Batch<'_> {
         let e = |what: &'static str| move |x: redb::Error| err(p, what, x);
         let txn = &self.txn;
         {
-            let mut t = txn.open_table(ACCOUNTS).map_err(|x| e("accounts")(x.into()))?;
+            let mut t = txn
+                .open_table(ACCOUNTS)
+                .map_err(|x| e("accounts")(x.into()))?;
             for &id in &changes.accounts {
                 let row = encode(ledger.account_row(id).expect("changed accounts exist"));
                 t.insert(id.0, row.as_slice())
@@ -320,24 +347,27 @@ impl Batch<'_> {
             let mut t = txn
                 .open_table(IDEM)
                 .map_err(|x| e("idempotency")(x.into()))?;
-            for &(at, key) in &changes.idem_removed {
-                // Removed only if the record is the one pruned (a key reused later stays).
-                let same = t
-                    .get(key.as_slice())
+            let mut by_time = txn
+                .open_table(IDEM_BY_TIME)
+                .map_err(|x| e("idempotency")(x.into()))?;
+            for key in &changes.idem_added {
+                let r = ledger
+                    .idem_row(key)
+                    .expect("a changed record stays held until stored");
+                let k = u128::from_le_bytes(*key);
+                let old = t
+                    .insert(k, encode(r).as_slice())
                     .map_err(|x| e("idempotency")(x.into()))?
                     .map(|v| decode::<IdemRecord>(p, "idempotency record", v.value()))
-                    .transpose()?
-                    .is_some_and(|r| r.at == at);
-                if same && ledger.idem_row(&key).is_none() {
-                    t.remove(key.as_slice())
+                    .transpose()?;
+                if let Some(old) = old {
+                    by_time
+                        .remove((old.at.0, k))
                         .map_err(|x| e("idempotency")(x.into()))?;
                 }
-            }
-            for key in &changes.idem_added {
-                if let Some(r) = ledger.idem_row(key) {
-                    t.insert(key.as_slice(), encode(r).as_slice())
-                        .map_err(|x| e("idempotency")(x.into()))?;
-                }
+                by_time
+                    .insert((r.at.0, k), ())
+                    .map_err(|x| e("idempotency")(x.into()))?;
             }
         }
         {
@@ -363,6 +393,28 @@ impl Batch<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Deletes up to `max` idempotency records made before `before`, oldest first. Returns
+    /// how many were deleted.
+    pub fn prune_idem(&mut self, before: Millis, max: usize) -> Result<usize, StoreError> {
+        let p = &self.store.path;
+        let e = |x: redb::Error| err(p, "pruning idempotency records", x);
+        let mut by_time = self.txn.open_table(IDEM_BY_TIME).map_err(|x| e(x.into()))?;
+        let mut idem = self.txn.open_table(IDEM).map_err(|x| e(x.into()))?;
+        let mut old = Vec::new();
+        for row in by_time
+            .range((0u64, 0u128)..(before.0, 0u128))
+            .map_err(|x| e(x.into()))?
+            .take(max)
+        {
+            old.push(row.map_err(|x| e(x.into()))?.0.value());
+        }
+        for &(at, key) in &old {
+            by_time.remove((at, key)).map_err(|x| e(x.into()))?;
+            idem.remove(key).map_err(|x| e(x.into()))?;
+        }
+        Ok(old.len())
     }
 
     /// Records `applied` and the ledger's scalars, and commits: durable (fsync) when

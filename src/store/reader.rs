@@ -6,7 +6,8 @@
 //! request is shed (503 / 91), never left waiting.
 
 use crate::domain::{Lsn, Millis};
-use crate::ledger::state::Payment;
+use crate::ledger::state::{IdemRecord, Payment};
+use crate::ledger::Hash16;
 use crate::store::{Store, StoreError};
 use crossbeam::channel::{bounded, Receiver, Sender, TrySendError};
 use futures::channel::oneshot;
@@ -30,11 +31,13 @@ pub enum ReadError {
 
 enum Query {
     Payment(u64),
+    Idem(Hash16),
     HoldsDue { now: Millis, limit: usize },
 }
 
 enum Answer {
     Payment(Option<Payment>),
+    Idem(Option<IdemRecord>),
     Holds(Vec<u64>),
 }
 
@@ -83,14 +86,21 @@ impl StoreReader {
     pub async fn payment(&self, seq: u64) -> Result<Option<Payment>, ReadError> {
         match self.ask(Query::Payment(seq)).await? {
             Answer::Payment(p) => Ok(p),
-            Answer::Holds(_) => unreachable!("answers match their query"),
+            _ => unreachable!("answers match their query"),
+        }
+    }
+
+    pub async fn idem(&self, key: Hash16) -> Result<Option<IdemRecord>, ReadError> {
+        match self.ask(Query::Idem(key)).await? {
+            Answer::Idem(r) => Ok(r),
+            _ => unreachable!("answers match their query"),
         }
     }
 
     pub async fn holds_due(&self, now: Millis, limit: usize) -> Result<Vec<u64>, ReadError> {
         match self.ask(Query::HoldsDue { now, limit }).await? {
             Answer::Holds(h) => Ok(h),
-            Answer::Payment(_) => unreachable!("answers match their query"),
+            _ => unreachable!("answers match their query"),
         }
     }
 
@@ -105,13 +115,24 @@ impl StoreReader {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(ReadError::Busy),
             Err(TrySendError::Disconnected(_)) => {
-                return Err(ReadError::Failed(StoreError("store readers stopped".into())))
+                return Err(ReadError::Failed(StoreError(
+                    "store readers stopped".into(),
+                )))
             }
         }
         answer
             .await
             .unwrap_or(Err(ReadError::Failed(StoreError("reader gone".into()))))
     }
+}
+
+/// What a shard's gateway reaches of the stores: its own, every shard's (idempotency keys
+/// are looked up in all of them), and every shard's durable LSN.
+#[derive(Clone)]
+pub struct Stores {
+    pub own: StoreReader,
+    pub all: Vec<StoreReader>,
+    pub durables: Vec<Arc<AtomicU64>>,
 }
 
 /// Starts `threads` readers on `store`. They stop when every `StoreReader` is dropped.
@@ -146,6 +167,7 @@ fn serve(store: &Store, queue: &Receiver<Job>) {
         }
         let answer = match job.query {
             Query::Payment(seq) => store.payment(seq).map(Answer::Payment),
+            Query::Idem(key) => store.idem(&key).map(Answer::Idem),
             Query::HoldsDue { now, limit } => store.holds_due(now, limit).map(Answer::Holds),
         };
         if let Err(e) = &answer {

@@ -34,6 +34,9 @@ pub const COMMIT_RECORDS_MAX: usize = 4096;
 const POLL: Duration = Duration::from_millis(1);
 /// Wait between attempts after a failed commit (disk full, I/O error).
 const RETRY: Duration = Duration::from_millis(200);
+/// Idempotency records one `PruneIdempotency` deletes at most (the shard issues one a
+/// second, so a backlog after a long stop is pruned over many).
+const IDEM_PRUNE_MAX: usize = 100_000;
 /// Smallest window of payments the writer keeps (an `ExpireHolds` names up to 256).
 pub const WRITER_WINDOW_MIN: usize = 8192;
 
@@ -236,7 +239,11 @@ impl StoreWriter {
         let store = self.store.clone();
         let mut batch = store.begin()?;
         for (lsn, cmd) in records {
-            assert_eq!(lsn.0, self.applied.0 + 1, "records are applied in order, once");
+            assert_eq!(
+                lsn.0,
+                self.applied.0 + 1,
+                "records are applied in order, once"
+            );
             if !self.prepare(&batch, &cmd)? {
                 // A set of the window is full of uncommitted changes: commit, then retry.
                 self.commit(batch, false)?;
@@ -244,6 +251,9 @@ impl StoreWriter {
                 assert!(self.prepare(&batch, &cmd)?, "a committed window has room");
             }
             self.ledger.apply(lsn, &cmd);
+            if let Command::PruneIdempotency { before } = cmd {
+                batch.prune_idem(before, IDEM_PRUNE_MAX)?;
+            }
             self.applied = lsn;
             merge(&mut self.unsaved, self.ledger.take_changes());
         }
@@ -319,7 +329,6 @@ fn merge(into: &mut Changes, more: Changes) {
     into.merchants.extend(more.merchants);
     into.payments.extend(more.payments);
     into.idem_added.extend(more.idem_added);
-    into.idem_removed.extend(more.idem_removed);
     into.transfers.extend(more.transfers);
     into.outbox_added.extend(more.outbox_added);
     into.outbox_removed.extend(more.outbox_removed);

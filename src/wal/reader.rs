@@ -72,7 +72,11 @@ pub fn recover_from<S: SegmentSource>(
     })?;
     if walk.next_lsn < from {
         return Err(WalError::Corrupt {
-            segment: walk.tail.clone().map(|t| t.0).unwrap_or_else(|| "*.wal".into()),
+            segment: walk
+                .tail
+                .clone()
+                .map(|t| t.0)
+                .unwrap_or_else(|| "*.wal".into()),
             offset: 0,
             reason: format!(
                 "the log ends at lsn {} but the store has applied up to lsn {}: \

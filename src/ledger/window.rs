@@ -1,21 +1,50 @@
-//! The payments a ledger can see.
+//! Tables of what grows with traffic (payments, idempotency records), as a ledger sees them.
 //!
-//! Two modes. `All` keeps every payment (replicas, simulations, offline tools). `Window` is a
+//! Two modes. `All` keeps every row (replicas, simulations, offline tools). `Window` is a
 //! set-associative cache of fixed size, allocated once (TigerBeetle's
-//! `set_associative_cache.zig` is the model): a payment lives in one of `WAYS` slots of the
-//! set its sequence hashes to, so an insert never rehashes, never moves another entry and
-//! never allocates a table. The authoritative copy of a payment that is not in the window is
-//! in the shard's store (`crate::store`); the shard loads it before any command touches it.
+//! `set_associative_cache.zig` is the model): a row lives in one of `WAYS` slots of the set
+//! its key hashes to, so an insert never rehashes, never moves another entry and never
+//! allocates a table. The authoritative copy of a row that is not in the window is in the
+//! shard's store (`crate::store`); the shard loads it before any command touches it.
 //!
 //! The window's one rule: **a slot holding a change the store has not applied is never
 //! evicted** (`dirty > stored`). When every slot of a set is such a change, there is no room,
 //! and the caller sheds the request rather than lose state.
 //!
-//! Never: I/O, clocks, or any knowledge of where a missing payment is stored.
+//! Never: I/O, clocks, or any knowledge of where a missing row is stored.
 
 use crate::domain::Lsn;
-use crate::ledger::state::Payment;
+use crate::ledger::state::{IdemRecord, Payment};
+use crate::ledger::Hash16;
 use std::collections::HashMap;
+use std::hash::Hash;
+
+/// A key that picks its set: spread over every set even when keys are consecutive.
+pub trait WindowKey: Copy + Eq + Hash + std::fmt::Debug {
+    fn spread(&self) -> u64;
+}
+
+impl WindowKey for u64 {
+    fn spread(&self) -> u64 {
+        // splitmix64's finaliser: consecutive sequences spread over every set.
+        let mut z = self.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+impl WindowKey for Hash16 {
+    fn spread(&self) -> u64 {
+        // Already a cryptographic hash.
+        u64::from_le_bytes(self[..8].try_into().expect("16 bytes"))
+    }
+}
+
+/// Payments by their sequence on the shard.
+pub type PaymentTable = Table<u64, Payment>;
+/// Idempotency records by key hash, on the shard whose WAL holds them.
+pub type IdemTable = Table<Hash16, IdemRecord>;
 
 /// Slots per set. Eight keeps a whole set within a few cache lines of metadata and makes a
 /// set full of unapplied changes vanishingly rare (the store applies within milliseconds).
@@ -24,9 +53,9 @@ pub const WAYS: usize = 8;
 pub const WINDOW_MIN: usize = WAYS * 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Slot {
-    seq: u64,
-    payment: Payment,
+struct Slot<K, V> {
+    seq: K,
+    payment: V,
     /// LSN of the last change made here and not yet known to be in the store (`Lsn(0)`: the
     /// slot equals the store's copy).
     dirty: Lsn,
@@ -35,10 +64,10 @@ struct Slot {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Mode {
-    All(HashMap<u64, Payment>),
+enum Mode<K: WindowKey, V> {
+    All(HashMap<K, V>),
     Window {
-        slots: Vec<Option<Slot>>,
+        slots: Vec<Option<Slot<K, V>>>,
         /// `sets - 1`; `sets` is a power of two.
         mask: u64,
         len: usize,
@@ -53,25 +82,25 @@ enum Mode {
 pub struct NoRoom;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PaymentTable {
-    mode: Mode,
+pub struct Table<K: WindowKey, V> {
+    mode: Mode<K, V>,
 }
 
-impl PaymentTable {
-    /// Every payment in memory (for replicas, simulations and tools).
-    pub fn all() -> PaymentTable {
-        PaymentTable {
+impl<K: WindowKey, V> Table<K, V> {
+    /// Every row in memory (for replicas, simulations and tools).
+    pub fn all() -> Table<K, V> {
+        Table {
             mode: Mode::All(HashMap::new()),
         }
     }
 
     /// A window of at least `capacity` payments (rounded up to a power-of-two number of sets),
     /// allocated now and never grown.
-    pub fn window(capacity: usize) -> PaymentTable {
+    pub fn window(capacity: usize) -> Table<K, V> {
         let sets = capacity.max(WINDOW_MIN).div_ceil(WAYS).next_power_of_two();
         let mut slots = Vec::with_capacity(sets * WAYS);
         slots.resize_with(sets * WAYS, || None);
-        PaymentTable {
+        Table {
             mode: Mode::Window {
                 slots,
                 mask: sets as u64 - 1,
@@ -115,14 +144,14 @@ impl PaymentTable {
         }
     }
 
-    pub fn contains(&self, seq: u64) -> bool {
+    pub fn contains(&self, seq: K) -> bool {
         match &self.mode {
             Mode::All(map) => map.contains_key(&seq),
             Mode::Window { .. } => self.find(seq).is_some(),
         }
     }
 
-    pub fn get(&self, seq: u64) -> Option<&Payment> {
+    pub fn get(&self, seq: K) -> Option<&V> {
         match &self.mode {
             Mode::All(map) => map.get(&seq),
             Mode::Window { slots, .. } => self
@@ -132,7 +161,7 @@ impl PaymentTable {
     }
 
     /// A payment to change at `lsn`: the slot is dirty until the store has applied `lsn`.
-    pub fn get_mut(&mut self, seq: u64, lsn: Lsn) -> Option<&mut Payment> {
+    pub fn get_mut(&mut self, seq: K, lsn: Lsn) -> Option<&mut V> {
         let found = self.find(seq);
         match &mut self.mode {
             Mode::All(map) => map.get_mut(&seq),
@@ -148,23 +177,31 @@ impl PaymentTable {
     }
 
     /// True when `seq` is held, or a slot for it can be had now.
-    pub fn has_room(&self, seq: u64) -> bool {
+    pub fn has_room(&self, seq: K) -> bool {
         match &self.mode {
             Mode::All(_) => true,
             Mode::Window { .. } => self.find(seq).is_some() || self.victim(seq).is_some(),
         }
     }
 
-    /// Adds a payment created by the record at `lsn`. The caller checked `has_room`.
-    pub fn insert_new(&mut self, seq: u64, payment: Payment, lsn: Lsn) {
+    /// Adds a row created by the record at `lsn`. The caller checked `has_room`.
+    pub fn insert_new(&mut self, seq: K, payment: V, lsn: Lsn) {
         assert!(lsn.0 > 0);
         self.place(seq, payment, lsn)
-            .expect("room for a new payment is checked before its record is logged");
+            .expect("room for a new row is checked before its record is logged");
+    }
+
+    /// Sets `key` to `value` as changed by the record at `lsn`, held or not.
+    pub fn upsert(&mut self, key: K, value: V, lsn: Lsn) {
+        match self.get_mut(key, lsn) {
+            Some(slot) => *slot = value,
+            None => self.insert_new(key, value, lsn),
+        }
     }
 
     /// Adds a payment read from the store (equal to the store's copy). Does nothing when the
     /// payment is already held: the held copy is never older than the store's.
-    pub fn load(&mut self, seq: u64, payment: Payment) -> Result<(), NoRoom> {
+    pub fn load(&mut self, seq: K, payment: V) -> Result<(), NoRoom> {
         if self.contains(seq) {
             return Ok(());
         }
@@ -172,15 +209,12 @@ impl PaymentTable {
     }
 
     /// Every held payment with its dirty LSN, in no particular order.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = (u64, &Payment)> + '_> {
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (K, &V)> + '_> {
         match &self.mode {
             Mode::All(map) => Box::new(map.iter().map(|(&s, p)| (s, p))),
-            Mode::Window { slots, .. } => Box::new(
-                slots
-                    .iter()
-                    .flatten()
-                    .map(|slot| (slot.seq, &slot.payment)),
-            ),
+            Mode::Window { slots, .. } => {
+                Box::new(slots.iter().flatten().map(|slot| (slot.seq, &slot.payment)))
+            }
         }
     }
 
@@ -188,26 +222,19 @@ impl PaymentTable {
     pub fn unapplied(&self) -> usize {
         match &self.mode {
             Mode::All(_) => 0,
-            Mode::Window { slots, stored, .. } => slots
-                .iter()
-                .flatten()
-                .filter(|s| s.dirty > *stored)
-                .count(),
+            Mode::Window { slots, stored, .. } => {
+                slots.iter().flatten().filter(|s| s.dirty > *stored).count()
+            }
         }
     }
 
     // ---- the window's mechanics ----------------------------------------------------------
 
-    fn set_of(seq: u64, mask: u64) -> usize {
-        // splitmix64's finaliser: consecutive sequences spread over every set.
-        let mut z = seq.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z & mask) as usize) * WAYS
+    fn set_of(seq: K, mask: u64) -> usize {
+        ((seq.spread() & mask) as usize) * WAYS
     }
 
-    fn find(&self, seq: u64) -> Option<usize> {
+    fn find(&self, seq: K) -> Option<usize> {
         let Mode::Window { slots, mask, .. } = &self.mode else {
             return None;
         };
@@ -217,7 +244,7 @@ impl PaymentTable {
 
     /// The slot `seq` would take: an empty one, else the least recently used slot whose
     /// change the store has applied. `None` when every slot holds an unapplied change.
-    fn victim(&self, seq: u64) -> Option<usize> {
+    fn victim(&self, seq: K) -> Option<usize> {
         let Mode::Window {
             slots,
             mask,
@@ -236,7 +263,7 @@ impl PaymentTable {
             .min_by_key(|&i| slots[i].as_ref().expect("full set").used)
     }
 
-    fn place(&mut self, seq: u64, payment: Payment, dirty: Lsn) -> Result<(), NoRoom> {
+    fn place(&mut self, seq: K, payment: V, dirty: Lsn) -> Result<(), NoRoom> {
         if let Mode::All(map) = &mut self.mode {
             let previous = map.insert(seq, payment);
             assert!(previous.is_none() || dirty.0 == 0, "a new payment is new");
