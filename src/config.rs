@@ -184,6 +184,9 @@ pub struct State {
     pub read_threads: usize,
     /// A cold read that waited longer than this is answered 503 / 91.
     pub read_timeout_ms: u64,
+    /// Below this much free space under data_dir, new work is shed (503 / 91) and the store
+    /// stops writing until space returns.
+    pub min_free_mb: u64,
 }
 
 impl Default for State {
@@ -193,6 +196,7 @@ impl Default for State {
             checkpoint_interval_ms: 1000,
             read_threads: 2,
             read_timeout_ms: 50,
+            min_free_mb: 256,
         }
     }
 }
@@ -520,6 +524,9 @@ impl Config {
         }
         if !(1..=64).contains(&st.read_threads) {
             return Err(bad("state.read_threads", "must be 1..=64"));
+        }
+        if st.min_free_mb > 1 << 30 {
+            return Err(bad("state.min_free_mb", "must be at most 1073741824"));
         }
         if !(1..=60_000).contains(&st.read_timeout_ms) {
             return Err(bad("state.read_timeout_ms", "must be 1..=60000"));

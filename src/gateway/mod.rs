@@ -217,6 +217,19 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         {
             return Err(ServiceError::Unavailable);
         }
+        let internal = matches!(
+            cmd,
+            Command::ApplyCredit { .. }
+                | Command::AckCredits { .. }
+                | Command::ExpireHolds { .. }
+                | Command::PruneIdempotency { .. }
+        );
+        if !internal && self.stores.as_ref().is_some_and(|s| s.space.low()) {
+            // The disk is nearly full (logged by the watcher): log nothing new.
+            self.shed.set(self.shed.get() + 1);
+            self.store_shed.set(self.store_shed.get() + 1);
+            return Err(ServiceError::Unavailable);
+        }
         if let Some(store) = &self.store {
             let mut ledger = self.ledger.borrow_mut();
             ledger.set_stored(store.applied());

@@ -64,24 +64,14 @@ impl SegmentDir for DmaSegmentDir {
             "device alignment {} exceeds BLOCK",
             file.alignment()
         );
-        file.pre_allocate(len, false).await?;
-
-        let chunk = Rc::new(zeroed(&file, ZERO_CHUNK.min(len as usize)));
-        let mut pos = 0u64;
-        while pos < len {
-            let n = (len - pos).min(chunk.len() as u64) as usize;
-            let written = if n == chunk.len() {
-                file.write_rc_at(Rc::clone(&chunk), pos).await?
-            } else {
-                file.write_at(zeroed(&file, n), pos).await?
-            };
-            if written != n {
-                return Err(short_write(written, n, pos));
-            }
-            pos += n as u64;
+        // A segment that cannot be filled (disk full) is removed again: a partial segment
+        // left behind would be refused as corrupt at the next start.
+        if let Err(e) = fill_with_zeros(&file, len).await {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            let _ = sync_dir(&self.dir);
+            return Err(e);
         }
-        assert_eq!(pos, len);
-        file.fdatasync().await?;
         // Make the new name durable. A blocking call on the executor thread, but rare.
         sync_dir(&self.dir)?;
         Ok(DmaSegment { file })
@@ -95,6 +85,29 @@ impl SegmentDir for DmaSegmentDir {
             .await?;
         Ok(DmaSegment { file })
     }
+}
+
+/// Preallocates `len` bytes, writes zeros over them and syncs.
+async fn fill_with_zeros(file: &DmaFile, len: u64) -> io::Result<()> {
+    file.pre_allocate(len, false).await?;
+
+    let chunk = Rc::new(zeroed(file, ZERO_CHUNK.min(len as usize)));
+    let mut pos = 0u64;
+    while pos < len {
+        let n = (len - pos).min(chunk.len() as u64) as usize;
+        let written = if n == chunk.len() {
+            file.write_rc_at(Rc::clone(&chunk), pos).await?
+        } else {
+            file.write_at(zeroed(file, n), pos).await?
+        };
+        if written != n {
+            return Err(short_write(written, n, pos));
+        }
+        pos += n as u64;
+    }
+    assert_eq!(pos, len);
+    file.fdatasync().await?;
+    Ok(())
 }
 
 impl SegmentFile for DmaSegment {

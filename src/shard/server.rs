@@ -333,12 +333,14 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     let replication = crate::replication::start(&config.replication, &wal_dirs, &durables);
     // Each shard's store writer follows its durable LSN on a thread of its own; readers serve
     // its cold payments.
+    let space = crate::store::space::watch(&data_dir, config.state.min_free_mb << 20);
     let store_stop = Arc::new(AtomicBool::new(false));
     let mut store_threads = Vec::new();
     for (k, writer) in writers.into_iter().enumerate() {
         store_threads.push(writer.spawn(
             durables[k].clone(),
             store_stop.clone(),
+            space.clone(),
             format!("corepay-store-{k}"),
         ));
     }
@@ -369,6 +371,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             own: readers[k].clone(),
             all: readers.clone(),
             durables: durables.clone(),
+            space: space.clone(),
         })
         .collect();
     let parts = ledgers.into_iter().zip(recovered).zip(indexes).zip(stores);

@@ -19,6 +19,7 @@
 //! about a payment (the ledger decides; the store keeps rows).
 
 pub mod reader;
+pub mod space;
 pub mod writer;
 
 use crate::domain::{AccountId, Lsn, Millis, ShardId};

@@ -133,6 +133,8 @@ pub struct Stores {
     pub own: StoreReader,
     pub all: Vec<StoreReader>,
     pub durables: Vec<Arc<AtomicU64>>,
+    /// Free space under the data directory.
+    pub space: Arc<crate::store::space::Space>,
 }
 
 /// Starts `threads` readers on `store`. They stop when every `StoreReader` is dropped.

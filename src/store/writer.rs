@@ -23,6 +23,8 @@ use crate::store::{Batch, Store, StoreError};
 use crate::wal::format::parse_segment_name;
 use crate::wal::{recover_from, FsSource, Recovered};
 use crate::{info, warn};
+use crate::store::space::Space;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,6 +67,10 @@ pub struct StoreWriter {
     progress: Arc<StoreProgress>,
     /// Changes applied to `ledger` and not yet committed.
     unsaved: Changes,
+    /// Records read from the WAL and not yet applied (kept across failed commits).
+    backlog: VecDeque<(Lsn, Command)>,
+    /// Free space: no commit is attempted while it is low.
+    space: Option<Arc<Space>>,
     applied: Lsn,
     committed: Lsn,
     last_checkpoint: Instant,
@@ -95,6 +101,8 @@ impl StoreWriter {
             config,
             progress,
             unsaved: Changes::default(),
+            backlog: VecDeque::new(),
+            space: None,
             applied: checkpoint,
             committed: checkpoint,
             last_checkpoint: Instant::now(),
@@ -117,7 +125,8 @@ impl StoreWriter {
                 }
             }
             if pending.len() >= COMMIT_RECORDS_MAX {
-                if let Err(e) = writer.apply_all(std::mem::take(&mut pending), false) {
+                writer.backlog.extend(pending.drain(..));
+                if let Err(e) = writer.apply_backlog(false) {
                     failure = Some(e);
                 }
             }
@@ -132,7 +141,8 @@ impl StoreWriter {
         if let Some(e) = failure {
             return Err(e);
         }
-        writer.apply_all(pending, true)?;
+        writer.backlog.extend(pending);
+        writer.apply_backlog(true)?;
         writer.checkpoint_now()?;
         Ok((
             writer,
@@ -153,13 +163,15 @@ impl StoreWriter {
     }
 
     /// Runs the writer on its own thread until `stop` is set and everything durable is in
-    /// the store, checkpointed.
+    /// the store, checkpointed. While free space is low it applies and commits nothing.
     pub fn spawn(
-        self,
+        mut self,
         durable: Arc<AtomicU64>,
         stop: Arc<AtomicBool>,
+        space: Arc<Space>,
         name: String,
     ) -> std::thread::JoinHandle<()> {
+        self.space = Some(space);
         std::thread::Builder::new()
             .name(name)
             .spawn(move || self.run(&durable, &stop))
@@ -172,38 +184,41 @@ impl StoreWriter {
         loop {
             let durable_lsn = Lsn(durable.load(Ordering::Acquire));
             let stopping = stop.load(Ordering::Acquire);
-            let mut records: Vec<(Lsn, Command)> = Vec::new();
-            let mut bad = None;
-            if self.unsaved_is_empty() {
+            if self.backlog.is_empty() && self.unsaved_is_empty() {
+                let mut bad = None;
+                let backlog = &mut self.backlog;
                 let read = tail.read(durable_lsn, COMMIT_RECORDS_MAX, |lsn, kind, v, p| {
                     match decode_command(kind, v, p) {
-                        Ok(cmd) => records.push((lsn, cmd)),
+                        Ok(cmd) => backlog.push_back((lsn, cmd)),
                         Err(e) => bad = Some(format!("record {}: {e}", lsn.0)),
                     }
                 });
                 if let Err(e) = read {
                     bad = Some(format!("reading {}: {e}", self.wal_dir.display()));
                 }
-            }
-            if let Some(reason) = bad {
-                // The shard wrote these records itself: failing to read them back is a
-                // broken invariant, and a restart recovers from the last checkpoint.
-                panic!("store writer: {reason}");
+                if let Some(reason) = bad {
+                    // The shard wrote these records itself: failing to read them back is a
+                    // broken invariant, and a restart recovers from the last checkpoint.
+                    panic!("store writer: {reason}");
+                }
             }
             let checkpoint_due = self.last_checkpoint.elapsed() >= self.config.checkpoint_interval
                 && self.applied > Lsn(self.progress.checkpoint.load(Ordering::Acquire));
-            if records.is_empty() && self.unsaved_is_empty() && !checkpoint_due {
-                if stopping && self.applied >= durable_lsn {
-                    if let Err(e) = self.checkpoint_now() {
-                        warn!("store writer: final checkpoint failed: {e}");
+            let space_low = self.space.as_ref().is_some_and(|s| s.low());
+            let idle = self.backlog.is_empty() && self.unsaved_is_empty() && !checkpoint_due;
+            if idle || space_low {
+                if stopping && (space_low || self.applied >= durable_lsn) {
+                    if !space_low {
+                        if let Err(e) = self.checkpoint_now() {
+                            warn!("store writer: final checkpoint failed: {e}");
+                        }
                     }
                     return;
                 }
-                std::thread::sleep(POLL);
+                std::thread::sleep(if space_low { RETRY } else { POLL });
                 continue;
             }
-            let result = self.apply_all(records, checkpoint_due);
-            match result {
+            match self.apply_backlog(checkpoint_due) {
                 Ok(()) => {
                     if failing {
                         info!("store {}: writing again", self.store.path().display());
@@ -214,8 +229,8 @@ impl StoreWriter {
                     self.progress.failures.fetch_add(1, Ordering::Relaxed);
                     if !failing {
                         warn!(
-                            "{e}; retrying every {} ms (new payments are shed while the \
-                             memory window is full of unstored changes)",
+                            "{e}; retrying every {} ms (new work is shed while memory is full \
+                             of changes the store has not applied)",
                             RETRY.as_millis()
                         );
                         failing = true;
@@ -233,17 +248,14 @@ impl StoreWriter {
         self.applied == self.committed
     }
 
-    /// Applies `records` and commits them (durably when `durable`). On error the applied
-    /// state stays in the ledger and `unsaved`, and the next call commits it.
-    fn apply_all(&mut self, records: Vec<(Lsn, Command)>, durable: bool) -> Result<(), StoreError> {
+    /// Applies the backlog and commits it (durably when `durable`). On error, what was
+    /// applied stays in the ledger and `unsaved`, what was not stays in the backlog, and the
+    /// next call goes on from there.
+    fn apply_backlog(&mut self, durable: bool) -> Result<(), StoreError> {
         let store = self.store.clone();
         let mut batch = store.begin()?;
-        for (lsn, cmd) in records {
-            assert_eq!(
-                lsn.0,
-                self.applied.0 + 1,
-                "records are applied in order, once"
-            );
+        while let Some((lsn, cmd)) = self.backlog.front().cloned() {
+            assert_eq!(lsn.0, self.applied.0 + 1, "records are applied in order, once");
             if !self.prepare(&batch, &cmd)? {
                 // A set of the window is full of uncommitted changes: commit, then retry.
                 self.commit(batch, false)?;
@@ -251,11 +263,14 @@ impl StoreWriter {
                 assert!(self.prepare(&batch, &cmd)?, "a committed window has room");
             }
             self.ledger.apply(lsn, &cmd);
+            self.applied = lsn;
+            self.backlog.pop_front();
+            merge(&mut self.unsaved, self.ledger.take_changes());
             if let Command::PruneIdempotency { before } = cmd {
+                // Store rows only; if this commit fails, the next prune (a second later)
+                // deletes everything older than its own `before`.
                 batch.prune_idem(before, IDEM_PRUNE_MAX)?;
             }
-            self.applied = lsn;
-            merge(&mut self.unsaved, self.ledger.take_changes());
         }
         self.commit(batch, durable)
     }

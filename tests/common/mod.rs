@@ -60,7 +60,12 @@ impl Server {
     /// Sections already generated: [server], [http] (listen), [iso8583] (listen), [operator],
     /// [secrets]; a caller's own [http] or [iso8583] table gets the listen line prepended.
     pub fn start_with(shards: u16, extra_config: &str) -> Server {
-        let tmp = tempfile::tempdir().unwrap();
+        Server::start_in(tempfile::tempdir().unwrap(), shards, extra_config)
+    }
+
+    /// `start_with` in a directory the caller prepared (its `data` folder is the data dir,
+    /// e.g. a small filesystem mounted there).
+    pub fn start_in(tmp: tempfile::TempDir, shards: u16, extra_config: &str) -> Server {
         let mut s = Server {
             child: None,
             dir: tmp.path().to_path_buf(),
@@ -78,7 +83,10 @@ impl Server {
             if s.try_spawn().is_ok() {
                 return s;
             }
-            let _ = std::fs::remove_dir_all(s.dir.join("data"));
+            for entry in std::fs::read_dir(s.dir.join("data")).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = std::fs::remove_file(entry.path());
+            }
             s.http = SocketAddr::from(([127, 0, 0, 1], free_port()));
             s.operator = SocketAddr::from(([127, 0, 0, 1], free_port()));
             s.iso = SocketAddr::from(([127, 0, 0, 1], free_port()));
