@@ -187,6 +187,8 @@ pub struct State {
     /// Below this much free space under data_dir, new work is shed (503 / 91) and the store
     /// stops writing until space returns.
     pub min_free_mb: u64,
+    /// Payments the shard's window holds; 0 = derived from cache_mb (for tuning and tests).
+    pub window_payments: usize,
 }
 
 impl Default for State {
@@ -197,6 +199,7 @@ impl Default for State {
             read_threads: 2,
             read_timeout_ms: 50,
             min_free_mb: 256,
+            window_payments: 0,
         }
     }
 }
@@ -213,7 +216,11 @@ impl State {
         let total = self.cache_mb << 20;
         let pages = total / 2;
         let windows = (total - pages) / PAYMENT_SLOT_BYTES;
-        (windows * 3 / 4, windows / 4, pages)
+        let shard = match self.window_payments {
+            0 => windows * 3 / 4,
+            n => n,
+        };
+        (shard, windows / 4, pages)
     }
 }
 
@@ -524,6 +531,9 @@ impl Config {
         }
         if !(1..=64).contains(&st.read_threads) {
             return Err(bad("state.read_threads", "must be 1..=64"));
+        }
+        if st.window_payments != 0 && !(64..=1 << 30).contains(&st.window_payments) {
+            return Err(bad("state.window_payments", "must be 0 or 64..=1073741824"));
         }
         if st.min_free_mb > 1 << 30 {
             return Err(bad("state.min_free_mb", "must be at most 1073741824"));

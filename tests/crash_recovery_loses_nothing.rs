@@ -731,9 +731,13 @@ fn seed() -> u64 {
 }
 
 fn run(shards: u16, rounds: usize, stop: Stop) {
+    run_with(shards, rounds, stop, "")
+}
+
+fn run_with(shards: u16, rounds: usize, stop: Stop, config: &str) {
     let seed = seed();
     let started = Instant::now();
-    let mut s = Server::start(shards);
+    let mut s = Server::start_with(shards, config);
     let w = Arc::new(provision(&s));
     let mut model = Model {
         payments: BTreeMap::new(),
@@ -780,6 +784,20 @@ fn run(shards: u16, rounds: usize, stop: Stop) {
 #[test]
 fn kill9_under_load_loses_no_acknowledged_payment() {
     run(2, 20, Stop::Kill);
+}
+
+/// kill -9 while payments leave memory and come back, the store checkpoints every 20 ms and
+/// WAL segments (1 MiB) are deleted behind the checkpoints: the crash lands during store
+/// writes, checkpoints and deletions.
+#[test]
+fn kill9_during_store_writes_checkpoints_and_segment_deletion_loses_nothing() {
+    run_with(
+        2,
+        12,
+        Stop::Kill,
+        "[state]\ncache_mb = 1\nwindow_payments = 64\ncheckpoint_interval_ms = 20\n\
+         [wal]\nsegment_bytes = 1048576\n",
+    );
 }
 
 /// SIGTERM under load on 3 shards: exit 0, and everything acknowledged is there after restart.

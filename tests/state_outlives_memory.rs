@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 /// A window of a few hundred payments (state.cache_mb = 1), checkpoints every 50 ms, and
 /// 1 MiB WAL segments so that recycling shows within a test.
-const SMALL_STATE: &str = "[state]\ncache_mb = 1\ncheckpoint_interval_ms = 50\n\
+const SMALL_STATE: &str = "[state]\ncache_mb = 1\nwindow_payments = 256\ncheckpoint_interval_ms = 50\n\
                            [wal]\nsegment_bytes = 1048576\n";
 
 fn metric(s: &Server, name: &str) -> u64 {
