@@ -25,6 +25,9 @@ fn main() -> ExitCode {
     // still reports ready is worse than a restart, and recovery replays the WAL.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if corepay::store::catching_foreign_panic() {
+            return; // opening a damaged store file: turned into an error by the caller
+        }
         default_hook(info);
         std::process::abort();
     }));

@@ -36,7 +36,11 @@ fn mount_small_fs(dir: &Path, mib: u64) -> Mounted {
     run(Command::new("mkfs.ext4").arg("-q").arg("-F").arg(&img));
     let point = dir.join("data");
     std::fs::create_dir_all(&point).unwrap();
-    run(Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&point));
+    run(Command::new("mount")
+        .arg("-o")
+        .arg("loop")
+        .arg(&img)
+        .arg(&point));
     Mounted { point }
 }
 
@@ -93,10 +97,16 @@ fn a_full_disk_sheds_new_work_and_serving_resumes_when_space_returns() {
         }
         assert_eq!(status, 201, "{body}");
         approved.push(body["id"].as_str().unwrap().to_string());
-        assert!(Instant::now() < deadline, "never shed while the disk is full");
+        assert!(
+            Instant::now() < deadline,
+            "never shed while the disk is full"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(refused["error"]["type"].is_string(), "an error object: {refused}");
+    assert!(
+        refused["error"]["type"].is_string(),
+        "an error object: {refused}"
+    );
     assert!(
         s.log().contains("disk nearly full"),
         "the log says why: {}",

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 /// A window of a few hundred payments (state.cache_mb = 1), checkpoints every 50 ms, and
 /// 1 MiB WAL segments so that recycling shows within a test.
-const SMALL_STATE: &str = "[state]\ncache_mb = 1\nwindow_payments = 256\ncheckpoint_interval_ms = 50\n\
+const SMALL_STATE: &str =
+    "[state]\ncache_mb = 1\nwindow_payments = 256\ncheckpoint_interval_ms = 50\n\
                            [wal]\nsegment_bytes = 1048576\n";
 
 fn metric(s: &Server, name: &str) -> u64 {
@@ -110,7 +111,7 @@ fn evicted_payments_are_captured_voided_refunded_and_read_after_kill9() {
         .lines()
         .filter_map(|l| l.split("replayed ").nth(1))
         .filter_map(|t| t.split(' ').next()?.parse().ok())
-        .last()
+        .next_back()
         .expect("recovery says how much it replayed");
     assert!(
         replayed < (N as u64) / 2,
@@ -230,5 +231,89 @@ fn idempotency_keys_outlive_the_index_in_memory() {
         balance_held(&s, 1001).0,
         format!("{}.00", 10000 - N),
         "nothing ran twice"
+    );
+}
+
+fn store_file(s: &Server) -> std::path::PathBuf {
+    data_dir(s).join("data").join("shard-0").join("store.redb")
+}
+
+/// Damages the store file: every byte after the first 4 KiB flipped, or truncated.
+fn damage(path: &std::path::Path, truncate: bool) {
+    let mut bytes = std::fs::read(path).unwrap();
+    if truncate {
+        bytes.truncate(bytes.len() / 3);
+    } else {
+        for b in bytes.iter_mut().skip(4096) {
+            *b ^= 0x5A;
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn some_payments(s: &Server, n: usize) -> (String, Vec<String>) {
+    create_account(s, 1001, "EUR", "1000.00");
+    create_account(s, 2001, "EUR", "0.00");
+    let number = card_number("424242424242424");
+    create_card(s, &number, 1001);
+    let key = create_merchant(s, "SHOP1", 2001);
+    let mut m = Client::with_key(s.http, &key);
+    let ids = (0..n)
+        .map(|i| {
+            let body = payment_json("1.00", "EUR", &number, (12, 2030), true, &format!("x{i}"));
+            let (status, p) = m.post("/v1/payments", &body);
+            assert_eq!(status, 201, "{p}");
+            p["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    (key, ids)
+}
+
+#[test]
+fn a_damaged_store_is_rebuilt_from_a_wal_that_holds_every_record() {
+    for truncate in [false, true] {
+        // Default segments: nothing is recycled, the WAL holds every record.
+        let mut s = Server::start_with(1, "[state]\ncheckpoint_interval_ms = 20\n");
+        let (key, ids) = some_payments(&s, 40);
+        s.terminate();
+        damage(&store_file(&s), truncate);
+        s.spawn();
+        assert!(
+            s.log().contains("rebuilding it from the WAL"),
+            "truncate={truncate}: {}",
+            s.log()
+        );
+        assert!(store_file(&s).with_extension("redb.damaged").exists());
+        let mut m = Client::with_key(s.http, &key);
+        for id in &ids {
+            let (status, p) = m.get(&format!("/v1/payments/{id}"));
+            assert_eq!(status, 200, "{p}");
+        }
+        assert_eq!(balance_held(&s, 1001).0, "960.00");
+    }
+}
+
+#[test]
+fn a_damaged_store_is_refused_naming_it_when_the_wal_was_recycled() {
+    let mut s = Server::start_with(1, SMALL_STATE);
+    let (_, _) = some_payments(&s, 400);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wal_firsts(&s)[0] == 1 {
+        assert!(Instant::now() < deadline, "no segment was recycled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.terminate();
+    damage(&store_file(&s), false);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corepay"))
+        .args(["serve", "--config"])
+        .arg(s.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&store_file(&s).display().to_string()) && last.contains("backup"),
+        "one line naming the store: {stderr}"
     );
 }

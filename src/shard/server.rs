@@ -18,8 +18,8 @@ use crate::shard::iso_net::{IsoLimits, IsoServer};
 use crate::shard::mesh::{start_receivers, Envelope, MeshPeers};
 use crate::shard::net;
 use crate::store::reader::{spawn_readers, StoreProgress, StoreReader, Stores};
-use crate::store::writer::{Recovery, StoreWriter, WriterConfig};
-use crate::store::{store_path, Store};
+use crate::store::writer::{RecoverError, Recovery, StoreWriter, WriterConfig};
+use crate::store::{store_path, Store, StoreError};
 use crate::wal::{Recovered, SyncMode, WalConfig, WalWriter};
 use crate::{error, info, warn};
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -68,21 +68,68 @@ pub struct RecoveredShard {
 }
 
 /// Opens one shard's store at its checkpoint and replays the WAL after it (into the store),
-/// then makes the shard's working ledger from the store's.
+/// then makes the shard's working ledger from the store's. A store that cannot be read is
+/// rebuilt from the WAL when the WAL still holds every record (its first segment begins at
+/// LSN 1; the damaged file is kept beside it), and refused in one line naming it otherwise.
 pub fn recover_shard(
     config: &Config,
     shard: u16,
     shards: u16,
     progress: Arc<StoreProgress>,
 ) -> Result<RecoveredShard, StartError> {
+    match try_recover_shard(config, shard, shards, progress.clone()) {
+        Err(RecoverError::Store(e)) => {
+            let data_dir = &config.server.data_dir;
+            let path = store_path(data_dir, shard);
+            let wal = shard_wal_dir(data_dir, shard);
+            if !wal_begins_at_first_record(&wal) {
+                return Err(StartError(format!(
+                    "shard {shard}: {e}; the WAL in {} no longer holds every record, so the \
+                     store cannot be rebuilt from it: restore {} from a backup",
+                    wal.display(),
+                    path.display()
+                )));
+            }
+            let aside = path.with_extension("redb.damaged");
+            warn!(
+                "shard {shard}: {e}; rebuilding it from the WAL (which holds every record); \
+                 the damaged file is kept as {}",
+                aside.display()
+            );
+            std::fs::rename(&path, &aside)
+                .map_err(|e| StartError(format!("cannot move {} aside: {e}", path.display())))?;
+            try_recover_shard(config, shard, shards, progress)
+                .map_err(|e| StartError(format!("shard {shard}: {e}")))
+        }
+        other => other.map_err(|e| StartError(format!("shard {shard}: {e}"))),
+    }
+}
+
+/// True when the WAL's oldest segment begins at LSN 1 (or there is no WAL yet).
+fn wal_begins_at_first_record(dir: &Path) -> bool {
+    let first = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| crate::wal::format::parse_segment_name(e.file_name().to_str()?))
+        .min();
+    first.is_none_or(|lsn| lsn.0 == 1)
+}
+
+fn try_recover_shard(
+    config: &Config,
+    shard: u16,
+    shards: u16,
+    progress: Arc<StoreProgress>,
+) -> Result<RecoveredShard, RecoverError> {
     let data_dir = &config.server.data_dir;
     let dir = shard_wal_dir(data_dir, shard);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| StartError(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        RecoverError::Other(StoreError(format!("cannot create {}: {e}", dir.display())))
+    })?;
     let (window, writer_window, page_cache) = config.state.budget();
     let store = Arc::new(
-        Store::open(&store_path(data_dir, shard), page_cache)
-            .map_err(|e| StartError(format!("shard {shard}: {e}")))?,
+        Store::open(&store_path(data_dir, shard), page_cache).map_err(RecoverError::Store)?,
     );
     let writer_config = WriterConfig {
         checkpoint_interval: Duration::from_millis(config.state.checkpoint_interval_ms),
@@ -96,8 +143,7 @@ pub fn recover_shard(
         &dir,
         writer_config,
         progress,
-    )
-    .map_err(|e| StartError(format!("shard {shard}: {e}")))?;
+    )?;
     let ledger = writer.ledger().clone_without_payments(window);
     Ok(RecoveredShard {
         ledger,

@@ -83,10 +83,16 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(path, "create directory", e))?;
         }
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .create(path)
-            .map_err(|e| err(path, "damaged or unreadable (cannot open)", e))?;
+        // redb asserts on some damaged files (a truncated one) instead of returning an
+        // error: opening is the one place where such a panic is caught and turned into one.
+        let opened =
+            catch_foreign_panic(|| Database::builder().set_cache_size(cache_bytes).create(path));
+        let db = match opened {
+            Ok(result) => {
+                result.map_err(|e| err(path, "damaged or unreadable (cannot open)", e))?
+            }
+            Err(panic) => return Err(err(path, "damaged (cannot open)", panic)),
+        };
         let store = Store {
             db,
             path: path.to_path_buf(),
@@ -437,6 +443,29 @@ impl Batch<'_> {
         });
         txn.commit().map_err(|e| err(p, "commit", e))
     }
+}
+
+thread_local! {
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// True while this thread runs code whose panics are caught (the process's panic hook
+/// must not abort then).
+pub fn catching_foreign_panic() -> bool {
+    CATCHING.with(|c| c.get())
+}
+
+/// Runs `f`, turning a panic inside it into `Err(message)`.
+fn catch_foreign_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    CATCHING.with(|c| c.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(false));
+    result.map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into())
+    })
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -19,11 +19,11 @@ use crate::ledger::command::decode_command;
 use crate::ledger::{Changes, Command, Ledger};
 use crate::replication::source::WalTail;
 use crate::store::reader::StoreProgress;
+use crate::store::space::Space;
 use crate::store::{Batch, Store, StoreError};
 use crate::wal::format::parse_segment_name;
 use crate::wal::{recover_from, FsSource, Recovered};
 use crate::{info, warn};
-use crate::store::space::Space;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,6 +49,28 @@ pub struct WriterConfig {
     pub window: usize,
     /// Delete WAL segments once a checkpoint covers them (false while a sink is configured).
     pub recycle_wal: bool,
+}
+
+/// Why recovery failed: the store itself could not be read (it may be rebuilt from the WAL),
+/// or anything else (the WAL, or a write).
+#[derive(Debug)]
+pub enum RecoverError {
+    Store(StoreError),
+    Other(StoreError),
+}
+
+impl From<StoreError> for RecoverError {
+    fn from(e: StoreError) -> RecoverError {
+        RecoverError::Other(e)
+    }
+}
+
+impl std::fmt::Display for RecoverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoverError::Store(e) | RecoverError::Other(e) => e.fmt(f),
+        }
+    }
 }
 
 /// What recovery found and did.
@@ -87,10 +109,12 @@ impl StoreWriter {
         wal_dir: &Path,
         config: WriterConfig,
         progress: Arc<StoreProgress>,
-    ) -> Result<(StoreWriter, Recovery), StoreError> {
-        let checkpoint = store.applied()?;
+    ) -> Result<(StoreWriter, Recovery), RecoverError> {
+        let checkpoint = store.applied().map_err(RecoverError::Store)?;
         let window = config.window.max(WRITER_WINDOW_MIN);
-        let mut ledger = store.load_ledger(shard, shards, window)?;
+        let mut ledger = store
+            .load_ledger(shard, shards, window)
+            .map_err(RecoverError::Store)?;
         ledger.track_changes();
         ledger.set_stored(checkpoint);
         check_wal_covers(wal_dir, checkpoint)?;
@@ -139,7 +163,7 @@ impl StoreWriter {
             ))
         })?;
         if let Some(e) = failure {
-            return Err(e);
+            return Err(e.into());
         }
         writer.backlog.extend(pending);
         writer.apply_backlog(true)?;
@@ -255,7 +279,11 @@ impl StoreWriter {
         let store = self.store.clone();
         let mut batch = store.begin()?;
         while let Some((lsn, cmd)) = self.backlog.front().cloned() {
-            assert_eq!(lsn.0, self.applied.0 + 1, "records are applied in order, once");
+            assert_eq!(
+                lsn.0,
+                self.applied.0 + 1,
+                "records are applied in order, once"
+            );
             if !self.prepare(&batch, &cmd)? {
                 // A set of the window is full of uncommitted changes: commit, then retry.
                 self.commit(batch, false)?;

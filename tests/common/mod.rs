@@ -83,7 +83,11 @@ impl Server {
             if s.try_spawn().is_ok() {
                 return s;
             }
-            for entry in std::fs::read_dir(s.dir.join("data")).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(s.dir.join("data"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let _ = std::fs::remove_dir_all(entry.path());
                 let _ = std::fs::remove_file(entry.path());
             }
