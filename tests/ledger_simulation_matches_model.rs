@@ -2,6 +2,13 @@
 //! (authorize, sale, capture, void, refunds on the same and on other shards, transfers, hold
 //! expiry, credits delivered late and re-sent) checked step by step against a simple model,
 //! then every shard's log replayed into a fresh ledger that must be identical.
+//!
+//! Every shard also has a twin that runs as production does: a ledger holding a window of
+//! only `TWIN_WINDOW` payments in front of a simulated store, fed by a second ledger (the
+//! store writer) that lags a random distance behind and commits at random moments. Evicted
+//! payments are loaded back before a command touches them. Every command must have the
+//! same outcome on the twin as on the ledger that holds everything, and at the end the
+//! store must hold every payment exactly as that ledger does.
 
 use corepay::domain::{AccountId, Currency, Lsn, Millis, ShardId};
 use corepay::ledger::*;
@@ -14,6 +21,120 @@ const SHARDS: u16 = 3;
 const CARD_ACCOUNTS: u64 = 10;
 const MERCHANTS: u64 = 3;
 const STEPS: usize = 3000;
+const TWIN_WINDOW: usize = 64;
+
+/// A shard as production runs it: a payment window, a store, a store writer behind it.
+struct Twin {
+    shard: Ledger,
+    writer: Ledger,
+    store: BTreeMap<u64, corepay::ledger::state::Payment>,
+    stored: Lsn,
+    /// Logged records the writer has not applied.
+    pending: VecDeque<(Lsn, Command)>,
+    shard_lsn: u64,
+    cold_loads: u64,
+    catch_ups: u64,
+}
+
+impl Twin {
+    fn new(shard: ShardId) -> Twin {
+        let mut writer = Ledger::with_payment_window(shard, SHARDS, TWIN_WINDOW);
+        writer.track_changes();
+        Twin {
+            shard: Ledger::with_payment_window(shard, SHARDS, TWIN_WINDOW),
+            writer,
+            store: BTreeMap::new(),
+            stored: Lsn(0),
+            pending: VecDeque::new(),
+            shard_lsn: 0,
+            cold_loads: 0,
+            catch_ups: 0,
+        }
+    }
+
+    /// The writer applies up to `n` pending records, loading what it needs from the store.
+    fn writer_apply(&mut self, n: usize) {
+        for _ in 0..n {
+            let Some((lsn, cmd)) = self.pending.pop_front() else {
+                return;
+            };
+            if !self.writer_prepare(&cmd) {
+                self.commit();
+                assert!(self.writer_prepare(&cmd), "a committed window has room");
+            }
+            self.writer.apply(lsn, &cmd);
+        }
+    }
+
+    fn writer_prepare(&mut self, cmd: &Command) -> bool {
+        for seq in self.writer.needs_payments(cmd) {
+            if !self.writer.payment_held(seq) {
+                let p = self.store[&seq].clone();
+                if self.writer.load_payment(seq, p).is_err() {
+                    return false;
+                }
+            }
+        }
+        self.writer.has_room_for(cmd)
+    }
+
+    /// The writer commits what it applied: the store has it, both windows may evict it.
+    fn commit(&mut self) {
+        let changes = self.writer.take_changes();
+        for seq in changes.payments {
+            let p = self
+                .writer
+                .payment(seq)
+                .expect("changed payments stay held");
+            self.store.insert(seq, p.clone());
+        }
+        let applied = self
+            .pending
+            .front()
+            .map_or(self.last_logged(), |(l, _)| Lsn(l.0 - 1));
+        self.stored = applied;
+        self.writer.set_stored(applied);
+        self.shard.set_stored(applied);
+    }
+
+    fn last_logged(&self) -> Lsn {
+        Lsn(self.shard_lsn)
+    }
+
+    fn catch_up(&mut self) {
+        self.catch_ups += 1;
+        self.writer_apply(usize::MAX);
+        self.commit();
+    }
+
+    /// Loads what `cmd` needs (catching the store up when the window has no room) and
+    /// applies it as the shard would.
+    fn exec(&mut self, lsn: Lsn, cmd: &Command) -> Outcome {
+        for attempt in 0..2 {
+            let mut ready = true;
+            for seq in self.shard.needs_payments(cmd) {
+                if !self.shard.payment_held(seq) {
+                    self.cold_loads += 1;
+                    let p = self
+                        .store
+                        .get(&seq)
+                        .expect("an evicted payment is stored")
+                        .clone();
+                    ready &= self.shard.load_payment(seq, p).is_ok();
+                }
+            }
+            if ready && self.shard.has_room_for(cmd) {
+                break;
+            }
+            assert_eq!(attempt, 0, "room after the store caught up");
+            self.catch_up();
+        }
+        let outcome = self.shard.apply(lsn, cmd);
+        self.pending.push_back((lsn, cmd.clone()));
+        self.shard_lsn = lsn.0;
+        outcome
+    }
+}
 
 #[derive(Clone, Debug, Default)]
 struct ModelAccount {
@@ -40,6 +161,7 @@ struct Sim {
     rng: SmallRng,
     now: u64,
     ledgers: Vec<Ledger>,
+    twins: Vec<Twin>,
     logs: Vec<Vec<(Lsn, Command)>>,
     accounts: BTreeMap<u64, ModelAccount>,
     payments: Vec<ModelPayment>,
@@ -69,6 +191,8 @@ impl Sim {
         for a in fx.accounts {
             self.replica_accounts.insert(a.id, a);
         }
+        let twin = self.twins[shard.index()].exec(lsn, &cmd);
+        assert_eq!(twin, outcome, "the windowed twin decides alike: {cmd:?}");
         log.push((lsn, cmd));
         outcome
     }
@@ -80,6 +204,7 @@ impl Sim {
             ledgers: (0..SHARDS)
                 .map(|s| Ledger::new(ShardId(s), SHARDS))
                 .collect(),
+            twins: (0..SHARDS).map(|s| Twin::new(ShardId(s))).collect(),
             logs: vec![Vec::new(); SHARDS as usize],
             accounts: BTreeMap::new(),
             payments: Vec::new(),
@@ -143,6 +268,14 @@ impl Sim {
     }
 
     fn step(&mut self) {
+        // The store writer lags far enough behind that windows fill with unstored changes.
+        if self.rng.gen_bool(0.004) {
+            for t in 0..SHARDS as usize {
+                let n = self.rng.gen_range(0..400);
+                self.twins[t].writer_apply(n);
+                self.twins[t].commit();
+            }
+        }
         self.now += self.rng.gen_range(0..5_000);
         match self.rng.gen_range(0..100) {
             0..=29 => self.authorize(),
@@ -578,6 +711,7 @@ impl Sim {
 
 #[test]
 fn random_operations_match_the_model_and_replay_identically() {
+    let mut full_windows = 0;
     for seed in 0..8 {
         let mut sim = Sim::new(seed);
         for i in 0..STEPS {
@@ -594,6 +728,29 @@ fn random_operations_match_the_model_and_replay_identically() {
             sim.payments.len() > 100,
             "the simulation exercised payments"
         );
+        for (s, twin) in sim.twins.iter_mut().enumerate() {
+            twin.catch_up();
+            let all = &sim.ledgers[s];
+            for (seq, p) in all.all_payments().map(|v| (v.id.seq, v)) {
+                assert_eq!(
+                    &twin.store[&seq].view, p,
+                    "seed {seed}: stored payment {seq}"
+                );
+            }
+            assert_eq!(twin.store.len(), all.all_payments().count());
+            for a in all.all_accounts() {
+                assert_eq!(twin.shard.account(a.id), Some(a.clone()));
+                assert_eq!(twin.writer.account(a.id), Some(a));
+            }
+            let (held, window) = twin.shard.payments_held();
+            assert!(held <= window.unwrap());
+            assert!(
+                twin.cold_loads > 0 && twin.store.len() > window.unwrap(),
+                "seed {seed}: shard {s} evicted and loaded payments back"
+            );
+            // Beyond the final catch-up: a window that filled with unstored changes.
+            full_windows += twin.catch_ups - 1;
+        }
         for s in 0..SHARDS as usize {
             let mut replayed = Ledger::new(ShardId(s as u16), SHARDS);
             for (lsn, cmd) in &sim.logs[s] {
@@ -608,4 +765,8 @@ fn random_operations_match_the_model_and_replay_identically() {
             );
         }
     }
+    assert!(
+        full_windows > 0,
+        "a window filled with unstored changes at least once"
+    );
 }
