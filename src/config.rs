@@ -42,6 +42,10 @@ pub struct Replication {
     pub batch_records: usize,
     /// CPUs the sink threads may run on; keep them off the shards' cores. Empty = any CPU.
     pub cores: Vec<usize>,
+    /// Bytes of each shard's change log (every record's effects, in the store) kept for the
+    /// sinks: a sink further behind is re-seeded from the store. (The WAL itself is kept only
+    /// until the store's checkpoint covers it.)
+    pub max_retained_bytes: u64,
 }
 
 impl Default for Replication {
@@ -54,6 +58,7 @@ impl Default for Replication {
             redis_maxlen: 1_000_000,
             batch_records: 1000,
             cores: vec![],
+            max_retained_bytes: 1 << 30,
         }
     }
 }
@@ -542,6 +547,12 @@ impl Config {
             return Err(bad("state.read_timeout_ms", "must be 1..=60000"));
         }
         let r = &self.replication;
+        if r.max_retained_bytes < 1 << 20 {
+            return Err(bad(
+                "replication.max_retained_bytes",
+                "must be at least 1048576",
+            ));
+        }
         if r.batch_records == 0 || r.batch_records > 100_000 {
             return Err(bad("replication.batch_records", "must be 1..=100000"));
         }

@@ -81,6 +81,9 @@ fn run_reconcile(file: Option<&Path>) -> Result<(), String> {
         Some(f) => Config::load(f).map_err(|e| e.to_string())?,
         None => Config::default(),
     };
+    if gateway_running(&config.server.data_dir) {
+        return reconcile_live(&config);
+    }
     let diffs = corepay::replication::reconcile::reconcile(&config)?;
     if diffs.is_empty() {
         println!("reconcile: PostgreSQL matches the gateway");
@@ -90,6 +93,64 @@ fn run_reconcile(file: Option<&Path>) -> Result<(), String> {
         println!("{d}");
     }
     Err(format!("reconcile: {} differences", diffs.len()))
+}
+
+/// True when a gateway holds the data directory's lock.
+fn gateway_running(data_dir: &Path) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(file) = std::fs::File::open(data_dir.join("LOCK")) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; closing it releases a lock we took.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    rc != 0
+}
+
+/// Asks the running gateway to reconcile (its stores are open in it): GET /reconcile on the
+/// operator listener with the admin key.
+fn reconcile_live(config: &Config) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let key = if !config.secrets.admin_key.is_empty() {
+        config.secrets.admin_key.clone()
+    } else if let Ok(key) = std::env::var("COREPAY_ADMIN_KEY") {
+        key
+    } else {
+        let path = config.server.data_dir.join("admin.key");
+        std::fs::read_to_string(&path)
+            .map(|k| k.trim().to_string())
+            .map_err(|e| format!("the admin key: {}: {e}", path.display()))?
+    };
+    let mut addr: std::net::SocketAddr = config
+        .operator
+        .listen
+        .parse()
+        .map_err(|e| format!("operator.listen {}: {e}", config.operator.listen))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut stream = std::net::TcpStream::connect(addr)
+        .map_err(|e| format!("the gateway runs but its operator listener {addr}: {e}"))?;
+    write!(
+        stream,
+        "GET /reconcile HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("unexpected answer from {addr}"))?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    print!("{body}");
+    match status {
+        200 => Ok(()),
+        409 => Err(format!("reconcile: {} differences", body.lines().count())),
+        _ => Err(format!("reconcile: the gateway answered {status}")),
+    }
 }
 
 /// The WAL directories under `dir`: `dir/shard-K/wal` for a data directory, else `dir`.

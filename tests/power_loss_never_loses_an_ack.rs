@@ -37,6 +37,9 @@ impl Peers for Alone {
     fn spawn(&self, fut: Pin<Box<dyn Future<Output = ()>>>) {
         glommio::spawn_local(fut).detach();
     }
+    async fn sleep(&self, d: std::time::Duration) {
+        glommio::timer::sleep(d).await;
+    }
 }
 
 fn clock() -> Millis {

@@ -30,6 +30,8 @@ pub trait Peers {
     fn post(&self, to: ShardId, req: Request);
     /// Runs `fut` as a detached task on this shard.
     fn spawn(&self, fut: std::pin::Pin<Box<dyn Future<Output = ()>>>);
+    /// Resolves after `d` (this shard's timer).
+    fn sleep(&self, d: std::time::Duration) -> impl Future<Output = ()>;
 }
 
 /// Settings the gateway needs; the config module fills them.
@@ -99,6 +101,10 @@ pub struct Gateway<D: SegmentDir, P: Peers> {
     /// Every shard's store and durable LSN (idempotency keys that left the index).
     stores: Option<Stores>,
     last_prune: Cell<u64>,
+    /// The `before` of the last PruneIdempotency, and the time of the newest keyed change
+    /// logged here: a prune is logged only when it can find something.
+    pruned_before: Cell<u64>,
+    last_keyed_at: Cell<u64>,
     /// Payments being read from the store, with the requests waiting for the same read.
     fetching: RefCell<HashMap<u64, Vec<futures::channel::oneshot::Sender<()>>>>,
     last_expiry_scan: Cell<u64>,
@@ -154,6 +160,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             store,
             stores,
             last_prune: Cell::new(0),
+            pruned_before: Cell::new(0),
+            last_keyed_at: Cell::new(0),
             fetching: RefCell::new(HashMap::new()),
             last_expiry_scan: Cell::new(0),
             cold_reads: Cell::new(0),
@@ -253,7 +261,28 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             }
         };
         let outcome = self.ledger.borrow_mut().apply(lsn, cmd);
+        if let (Some(_), Some(now)) = (
+            crate::ledger::state::command_idem(cmd),
+            crate::ledger::state::command_now(cmd),
+        ) {
+            self.last_keyed_at.set(self.last_keyed_at.get().max(now.0));
+        }
         Ok((lsn, outcome))
+    }
+
+    /// `fut`, or `None` when the store's read timeout passes first: a request is answered
+    /// 503 / 91 rather than kept waiting on a slow store.
+    async fn in_time<T>(&self, fut: impl Future<Output = T>) -> Option<T> {
+        let limit = self
+            .store
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |s| s.timeout());
+        let fut = std::pin::pin!(fut);
+        let timer = std::pin::pin!(self.peers.sleep(limit));
+        match futures::future::select(fut, timer).await {
+            futures::future::Either::Left((value, _)) => Some(value),
+            futures::future::Either::Right(_) => None,
+        }
     }
 
     /// Makes payment `seq` held in memory, reading it from the store when it is not: one read
@@ -289,7 +318,10 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                 let _ = rx.await;
                 continue;
             }
-            let read = store.payment(seq).await;
+            let read = self
+                .in_time(store.payment(seq))
+                .await
+                .unwrap_or(Err(crate::store::reader::ReadError::TimedOut));
             // Loaded here, once, with no await since the read: while a read of `seq` is
             // pending nothing can change `seq` (changes need it held), so the copy is current.
             let loaded = match read {
@@ -490,9 +522,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                 let record = match (held, &self.store) {
                     (Some(outcome), _) => Some(outcome),
                     // Not held: the window keeps a record until its store has it.
-                    (None, Some(store)) => match store.idem(key).await {
-                        Ok(r) => r.map(|r| r.outcome),
-                        Err(_) => return Reply::Unavailable,
+                    (None, Some(store)) => match self.in_time(store.idem(key)).await {
+                        Some(Ok(r)) => r.map(|r| r.outcome),
+                        _ => return Reply::Unavailable,
                     },
                     (None, None) => None,
                 };
@@ -595,7 +627,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             return Ok(None);
         };
         let reads = stores.all.iter().map(|s| s.idem(key));
-        let answers = futures::future::join_all(reads).await;
+        let Some(answers) = self.in_time(futures::future::join_all(reads)).await else {
+            return Err(());
+        };
         let retention = self.config.idempotency_retention_millis;
         let mut found = None;
         for (shard, answer) in answers.into_iter().enumerate() {
@@ -741,13 +775,21 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         // The store prunes records past their retention when it applies this record.
         let retention = self.config.idempotency_retention_millis;
         let before = Millis(now.0.saturating_sub(retention));
+        let prunable = self.last_keyed_at.get() > self.pruned_before.get();
         if self.store.is_some()
             && self.accepting.get()
+            && prunable
+            && before.0 > self.pruned_before.get()
             && now.0.saturating_sub(self.last_prune.get()) >= EXPIRY_SCAN_MILLIS
-            && before.0 > 0
         {
             self.last_prune.set(now.0);
-            let _ = self.execute(Command::PruneIdempotency { before }).await;
+            if self
+                .execute(Command::PruneIdempotency { before })
+                .await
+                .is_ok()
+            {
+                self.pruned_before.set(before.0);
+            }
         }
         if now.0.saturating_sub(self.last_resend.get()) >= self.config.credit_resend_millis {
             self.last_resend.set(now.0);
@@ -770,9 +812,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
     /// by one logged command.
     async fn expire_holds(&self, now: Millis) {
         let due = match &self.store {
-            Some(store) => match store.holds_due(now, EXPIRE_BATCH_MAX).await {
-                Ok(due) => due,
-                Err(_) => return, // the next scan tries again
+            Some(store) => match self.in_time(store.holds_due(now, EXPIRE_BATCH_MAX)).await {
+                Some(Ok(due)) => due,
+                _ => return, // the next scan tries again
             },
             None => self
                 .ledger

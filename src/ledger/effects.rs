@@ -9,10 +9,11 @@
 use crate::domain::{AccountId, Currency, Lsn, ShardId};
 use crate::ledger::command::*;
 use crate::ledger::state::Ledger;
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 
 /// Who a journal entry moves money for.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum JournalAccount {
     Account(AccountId),
     /// The shard's treasury for the currency (funds opening balances).
@@ -23,7 +24,7 @@ pub enum JournalAccount {
 }
 
 /// One line of the append-only journal. The entries of one command sum to zero per currency.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
     pub account: JournalAccount,
     pub currency: Currency,
@@ -32,7 +33,7 @@ pub struct JournalEntry {
 }
 
 /// A merchant as stored downstream: never its API key, not even hashed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MerchantRow {
     pub id: MerchantId,
     pub settlement: AccountId,
@@ -41,8 +42,8 @@ pub struct MerchantRow {
     pub status: Status,
 }
 
-/// The rows one command changed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The rows one command changed. Kept in the store's change log until every sink has it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Effects {
     pub accounts: Vec<AccountView>,
     pub cards: Vec<CardFacts>,
@@ -50,7 +51,8 @@ pub struct Effects {
     pub payments: Vec<PaymentView>,
     pub journal: Vec<JournalEntry>,
     /// What kind of operation this was ("authorize", "capture", ...), for the journal.
-    pub kind: &'static str,
+    #[serde(deserialize_with = "kind_from_str")]
+    pub kind: Kind,
     /// The payment or transfer the journal entries belong to, when there is one.
     pub reference: Option<String>,
 }
@@ -220,6 +222,39 @@ fn touched(ledger: &Ledger, cmd: &Command) -> (Vec<AccountId>, Vec<u64>) {
     (accounts, payments)
 }
 
+/// A kind, named through an alias so that serde does not take it for a borrowed string.
+pub type Kind = &'static str;
+
+/// Every `kind` a command can have.
+const KINDS: [&str; 17] = [
+    "open_account",
+    "account_status",
+    "create_card",
+    "card_status",
+    "create_merchant",
+    "merchant_status",
+    "sale",
+    "authorize",
+    "capture",
+    "void",
+    "reduce_authorization",
+    "refund",
+    "transfer",
+    "credit",
+    "ack",
+    "expire",
+    "prune",
+];
+
+fn kind_from_str<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let text = String::deserialize(d)?;
+    KINDS
+        .iter()
+        .find(|&&k| k == text)
+        .copied()
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown effects kind {text:?}")))
+}
+
 fn kind(cmd: &Command) -> &'static str {
     match cmd {
         Command::CreateAccount { .. } => "open_account",
@@ -257,5 +292,28 @@ fn reference(shard: ShardId, cmd: &Command) -> Option<String> {
             CreditPurpose::Transfer => None,
         },
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    #[test]
+    fn effects_round_trip_through_the_store_encoding() {
+        for k in KINDS {
+            let fx = Effects {
+                kind: k,
+                reference: Some("pay_0_1".into()),
+                journal: vec![JournalEntry {
+                    account: JournalAccount::InFlight,
+                    currency: Currency::from_alpha("EUR").unwrap(),
+                    amount: 5,
+                }],
+                ..Effects::default()
+            };
+            let bytes = postcard::to_stdvec(&fx).unwrap();
+            assert_eq!(postcard::from_bytes::<Effects>(&bytes).unwrap(), fx);
+        }
     }
 }

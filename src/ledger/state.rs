@@ -1334,7 +1334,8 @@ fn approval_code(id: PaymentRef) -> String {
         .collect()
 }
 
-fn command_idem(cmd: &Command) -> Option<IdemTag> {
+/// The idempotency tag a command carries, if any.
+pub fn command_idem(cmd: &Command) -> Option<IdemTag> {
     match cmd {
         Command::Authorize { idem, .. }
         | Command::Capture { idem, .. }

@@ -2,8 +2,8 @@
 //! stream (`redis`), and the comparison of PostgreSQL with the gateway (`reconcile`).
 //!
 //! Owns: the only SQL and the only Redis commands in corepay. Each sink runs on threads of its
-//! own, one per shard, reading only durable records (`source`), replaying them through a
-//! replica `Ledger` to learn what they changed (`ledger::effects`), and storing each batch
+//! own, one per shard, reading each durable record's effects (`ledger::effects`) from the
+//! shard's store change log (`crate::store`, written by the store writer), and storing each batch
 //! together with its progress (the last LSN stored) in one transaction, so a crash or retry
 //! stores every record exactly once. Never: runs on a shard's executor, delays an
 //! acknowledgement, or stores a PAN, track data or a key.
@@ -68,17 +68,43 @@ impl crate::config::Replication {
     }
 }
 
-/// Starts a runner per configured sink and shard. `wal_dirs[k]` is shard k's WAL directory
-/// and `durables[k]` the durable LSN its executor publishes.
+/// The configured sinks' names, in the order `start` runs them.
+pub fn sink_names(config: &crate::config::Replication) -> Vec<&'static str> {
+    let mut names = Vec::new();
+    if config.postgres().is_some() {
+        names.push("postgres");
+    }
+    if config.redis().is_some() {
+        names.push("redis");
+    }
+    names
+}
+
+/// One status per (configured sink, shard): `statuses[sink][shard]`. Made before recovery so
+/// that each shard's store writer keeps its change log until every sink has stored it.
+pub fn new_statuses(
+    config: &crate::config::Replication,
+    shards: u16,
+) -> Vec<Vec<std::sync::Arc<runner::SinkStatus>>> {
+    sink_names(config)
+        .iter()
+        .map(|_| (0..shards).map(|_| Default::default()).collect())
+        .collect()
+}
+
+/// Starts a runner per configured sink and shard, each reading its shard's store change log.
+/// `durables[k]` is the durable LSN shard k's executor publishes (for lag).
 pub fn start(
     config: &crate::config::Replication,
-    wal_dirs: &[std::path::PathBuf],
+    stores: &[std::sync::Arc<crate::store::Store>],
+    progress: &[std::sync::Arc<crate::store::reader::StoreProgress>],
     durables: &[std::sync::Arc<std::sync::atomic::AtomicU64>],
+    statuses: &[Vec<std::sync::Arc<runner::SinkStatus>>],
 ) -> Replicators {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
-    assert_eq!(wal_dirs.len(), durables.len());
-    let shards = wal_dirs.len() as u16;
+    assert_eq!(stores.len(), durables.len());
+    let shards = stores.len() as u16;
     let mut r = Replicators {
         stop: Arc::new(AtomicBool::new(false)),
         abandon: Arc::new(AtomicBool::new(false)),
@@ -101,13 +127,14 @@ pub fn start(
             Box::new(move || Box::new(self::redis::RedisSink::new(&url, &stream, maxlen))),
         ));
     }
-    for (name, make) in &sinks {
+    assert_eq!(sinks.len(), statuses.len(), "one status list per sink");
+    for (i, (name, make)) in sinks.iter().enumerate() {
         for k in 0..shards {
-            let status = Arc::new(runner::SinkStatus::default());
+            let status = statuses[i][k as usize].clone();
             let runner = runner::Runner {
                 shard: ShardId(k),
-                shards,
-                wal_dir: wal_dirs[k as usize].clone(),
+                store: stores[k as usize].clone(),
+                progress: progress[k as usize].clone(),
                 durable: durables[k as usize].clone(),
                 stop: r.stop.clone(),
                 abandon: r.abandon.clone(),

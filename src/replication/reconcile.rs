@@ -1,19 +1,50 @@
-//! `corepay reconcile`: compares what PostgreSQL holds with the gateway's own state, rebuilt
-//! read-only from the WAL, and lists every difference.
+//! `corepay reconcile`: compares what PostgreSQL holds with the gateway's own state, read
+//! from every shard's store (one consistent snapshot each), and lists every difference.
+//!
+//! With the gateway stopped, the command opens the stores itself; while it runs (the data
+//! directory is locked), the command asks it over the operator listener (`/reconcile`),
+//! and the gateway runs this same comparison on a thread of its own.
 
 use crate::config::Config;
-use crate::domain::{Lsn, ShardId};
-use crate::ledger::command::decode_command;
-use crate::ledger::Ledger;
+use crate::domain::Lsn;
 use crate::replication::postgres::read_state_in;
-use crate::wal::{dump_records, FsSource};
-use std::path::Path;
+use crate::store::Store;
+use std::sync::Arc;
 
-/// Every difference between PostgreSQL and the WAL, one line each (empty when they match).
+/// One shard's state as its store holds it.
+pub struct ShardState {
+    pub applied: Lsn,
+    pub accounts: Vec<crate::ledger::AccountView>,
+    pub payments: Vec<crate::ledger::PaymentView>,
+}
+
+/// Reads every shard's state from its store (in shard order).
+pub fn states(stores: &[Arc<Store>]) -> Result<Vec<ShardState>, String> {
+    stores
+        .iter()
+        .map(|store| {
+            let (applied, accounts, payments) = store.export().map_err(|e| e.to_string())?;
+            Ok(ShardState {
+                applied,
+                accounts: accounts
+                    .into_iter()
+                    .map(|(id, a)| crate::ledger::AccountView {
+                        id,
+                        currency: a.currency,
+                        balance: a.balance,
+                        held: a.held,
+                        floor: a.floor,
+                        status: a.status,
+                    })
+                    .collect(),
+                payments: payments.into_iter().map(|p| p.view).collect(),
+            })
+        })
+        .collect()
+}
+
+/// Opens every shard's store of a stopped gateway and reconciles.
 pub fn reconcile(config: &Config) -> Result<Vec<String>, String> {
-    let url = config.replication.postgres().ok_or(
-        "replication.postgres_url (or COREPAY_POSTGRES_URL) is not set: nothing to reconcile",
-    )?;
     let data = &config.server.data_dir;
     let marker = data.join("shards");
     let shards: u16 = std::fs::read_to_string(&marker)
@@ -21,31 +52,35 @@ pub fn reconcile(config: &Config) -> Result<Vec<String>, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{} is damaged", marker.display()))?;
-    let mut ledgers = Vec::new();
-    let mut last = Vec::new();
-    for k in 0..shards {
-        let (ledger, lsn) = replay(
-            &data.join(format!("shard-{k}")).join("wal"),
-            ShardId(k),
-            shards,
-        )?;
-        ledgers.push(ledger);
-        last.push(lsn);
-    }
+    let stores = (0..shards)
+        .map(|k| {
+            Store::open(&crate::store::store_path(data, k), 64 << 20)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    compare(config, &states(&stores)?)
+}
+
+/// Every difference between PostgreSQL and the gateway's `shards` (empty when they match).
+pub fn compare(config: &Config, shards: &[ShardState]) -> Result<Vec<String>, String> {
+    let url = config.replication.postgres().ok_or(
+        "replication.postgres_url (or COREPAY_POSTGRES_URL) is not set: nothing to reconcile",
+    )?;
     let pg = read_state_in(&url, &config.replication.postgres_schema).map_err(|e| e.to_string())?;
     let mut diffs = Vec::new();
-    for (k, lsn) in last.iter().enumerate() {
+    for (k, shard) in shards.iter().enumerate() {
         let stored = pg.progress.get(&(k as u16)).copied().unwrap_or(0);
-        if stored != lsn.0 {
+        if stored != shard.applied.0 {
             diffs.push(format!(
-                "shard {k}: PostgreSQL has the WAL up to lsn {stored}, the WAL ends at {}",
-                lsn.0
+                "shard {k}: PostgreSQL has records up to lsn {stored}, the gateway's store up to {}",
+                shard.applied.0
             ));
         }
     }
     let mut seen_accounts = 0;
-    for ledger in &ledgers {
-        for a in ledger.all_accounts() {
+    for shard in shards {
+        for a in &shard.accounts {
             seen_accounts += 1;
             let want = (
                 a.currency.alpha().to_string(),
@@ -77,8 +112,8 @@ pub fn reconcile(config: &Config) -> Result<Vec<String>, String> {
         ));
     }
     let mut seen_payments = 0;
-    for (k, ledger) in ledgers.iter().enumerate() {
-        for p in ledger.all_payments() {
+    for (k, shard) in shards.iter().enumerate() {
+        for p in &shard.payments {
             seen_payments += 1;
             let id = format!("pay_{k}_{}", p.id.seq);
             let want = (
@@ -108,26 +143,4 @@ pub fn reconcile(config: &Config) -> Result<Vec<String>, String> {
         }
     }
     Ok(diffs)
-}
-
-/// Rebuilds one shard's ledger from its WAL without changing any file.
-fn replay(dir: &Path, shard: ShardId, shards: u16) -> Result<(Ledger, Lsn), String> {
-    let mut ledger = Ledger::new(shard, shards);
-    let mut last = Lsn(0);
-    let mut bad = None;
-    dump_records(
-        &FsSource::new(dir),
-        |_, _, lsn, kind, version, payload| match decode_command(kind, version, payload) {
-            Ok(cmd) => {
-                ledger.apply(lsn, &cmd);
-                last = lsn;
-            }
-            Err(e) => bad = bad.take().or(Some(format!("lsn {}: {e}", lsn.0))),
-        },
-    )
-    .map_err(|e| format!("{}: {e}", dir.display()))?;
-    match bad {
-        Some(e) => Err(format!("{}: {e}", dir.display())),
-        None => Ok((ledger, last)),
-    }
 }

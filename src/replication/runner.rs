@@ -1,19 +1,16 @@
-//! One thread per (shard, sink): tail the shard's durable WAL, replay it through a replica
-//! ledger to learn each record's effects, and hand batches to the sink, resuming exactly at
-//! the sink's stored progress after any failure.
+//! One thread per (shard, sink): read each record's effects from the shard's store change log
+//! (written by the store writer from the durable WAL, in order, without holes) and hand
+//! batches to the sink, resuming exactly at the sink's stored progress after any failure.
+//! No replica state: memory does not grow with history.
 //!
 //! A sink that fails is retried with exponential back-off and jitter (the breaker is open
 //! while it waits); the gateway never waits for it. Lag is logged while it grows.
 
 use crate::domain::{Lsn, ShardId};
-use crate::ledger::command::decode_command;
-use crate::ledger::effects::apply_with_effects;
-use crate::ledger::state::command_now;
-use crate::ledger::Ledger;
-use crate::replication::source::WalTail;
 use crate::replication::{Record, Sink};
+use crate::store::reader::StoreProgress;
+use crate::store::Store;
 use crate::{info, warn};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +18,8 @@ use std::time::{Duration, Instant};
 /// Shortest and longest wait before retrying a failed sink.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a runner that found a gap looks again.
+const GAP_RETRY: Duration = Duration::from_secs(5);
 /// How often an idle runner looks for new durable records.
 const POLL: Duration = Duration::from_millis(2);
 /// How often lag is logged while it is above `LAG_LOG_RECORDS`.
@@ -30,8 +29,11 @@ const LAG_LOG_RECORDS: u64 = 10_000;
 /// What a runner reports (read by the server's drain and by logs).
 #[derive(Default)]
 pub struct SinkStatus {
-    /// Last LSN the sink has stored.
-    pub stored: AtomicU64,
+    /// Last LSN the sink has stored (shared with the store writer, which keeps the change log
+    /// until every sink has stored it).
+    pub stored: Arc<AtomicU64>,
+    /// Set when the sink needs records the change log no longer has.
+    pub gap: AtomicBool,
     /// Consecutive failures (0 = healthy).
     pub failures: AtomicU64,
     /// Wall-clock millis when the batch now being stored was handed to the sink (0 = none):
@@ -41,12 +43,14 @@ pub struct SinkStatus {
 
 pub struct Runner {
     pub shard: ShardId,
-    pub shards: u16,
-    pub wal_dir: PathBuf,
-    /// The shard's durable LSN, published by its executor.
+    /// The shard's store: its change log is what this runner replicates.
+    pub store: Arc<Store>,
+    /// The store's progress (applied LSN).
+    pub progress: Arc<StoreProgress>,
+    /// The shard's durable LSN, published by its executor (for lag).
     pub durable: Arc<AtomicU64>,
-    /// Set at shutdown: the runner exits once it has stored everything durable, or at once
-    /// when `abandon` is also set.
+    /// Set at shutdown: the runner exits once it has stored everything the store applied,
+    /// or at once when `abandon` is also set.
     pub stop: Arc<AtomicBool>,
     pub abandon: Arc<AtomicBool>,
     pub batch_records: usize,
@@ -68,9 +72,14 @@ impl Runner {
             .expect("spawn a replication thread")
     }
 
+    fn applied(&self) -> Lsn {
+        Lsn(self.progress.applied.load(Ordering::Acquire))
+    }
+
     fn run(self, sink: &mut dyn Sink) {
-        let mut replica = Replica::new(self.shard, self.shards, &self.wal_dir);
         let mut pending: Vec<Record> = Vec::new();
+        // The next LSN to read from the change log.
+        let mut next = Lsn(1);
         let mut connected = false;
         let mut backoff = BACKOFF_MIN;
         let mut last_lag_log = Instant::now();
@@ -80,10 +89,7 @@ impl Runner {
                 return;
             }
             let durable = Lsn(self.durable.load(Ordering::SeqCst));
-            if self.stop.load(Ordering::SeqCst)
-                && pending.is_empty()
-                && replica.applied() >= durable
-            {
+            if self.stop.load(Ordering::SeqCst) && pending.is_empty() && next > self.applied() {
                 return;
             }
             if !connected {
@@ -97,7 +103,8 @@ impl Runner {
                                 stored.0
                             );
                         }
-                        replica.resume_at(stored, &mut pending);
+                        pending.clear();
+                        next = Lsn(stored.0 + 1);
                         self.status.stored.store(stored.0, Ordering::SeqCst);
                         connected = true;
                         backoff = BACKOFF_MIN;
@@ -108,12 +115,25 @@ impl Runner {
                     }
                 }
             }
-            if pending.len() < self.batch_records {
+            if pending.len() < self.batch_records && next <= self.applied() {
                 let room = self.batch_records - pending.len();
-                if let Err(e) = replica.read(durable, room, &mut pending) {
-                    warn!("{} shard {}: reading the WAL: {e}", sink.name(), self.shard);
-                    std::thread::sleep(BACKOFF_MAX);
-                    continue;
+                match self.read(next, room, &mut pending) {
+                    Ok(Some(after)) => next = after,
+                    Ok(None) => {
+                        self.gap(sink.name(), next);
+                        std::thread::sleep(GAP_RETRY);
+                        connected = false;
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(
+                            "{} shard {}: reading the change log: {e}",
+                            sink.name(),
+                            self.shard
+                        );
+                        std::thread::sleep(BACKOFF_MAX);
+                        continue;
+                    }
                 }
             }
             if pending.is_empty() {
@@ -154,6 +174,44 @@ impl Runner {
         }
     }
 
+    /// Appends up to `max` records from `from` on; returns the LSN after the last one, or
+    /// `None` when `from` is no longer (or never was) in the change log.
+    fn read(&self, from: Lsn, max: usize, out: &mut Vec<Record>) -> Result<Option<Lsn>, String> {
+        let changes = self.store.changes(from, max).map_err(|e| e.to_string())?;
+        match changes.first() {
+            Some((lsn, _)) if *lsn == from => {}
+            _ => return Ok(None),
+        }
+        let mut after = from;
+        for (lsn, change) in changes {
+            assert_eq!(lsn, after, "the change log has no holes");
+            out.push(Record {
+                shard: self.shard,
+                lsn,
+                time: change.time,
+                effects: change.effects,
+            });
+            after = Lsn(lsn.0 + 1);
+        }
+        Ok(Some(after))
+    }
+
+    /// Says (once) that this sink needs records the change log no longer has.
+    fn gap(&self, sink: &str, from: Lsn) {
+        if !self.status.gap.swap(true, Ordering::SeqCst) {
+            let oldest = self.store.oldest_change().ok().flatten();
+            crate::error!(
+                "{sink} shard {}: needs records from lsn {} but the change log {}: the sink \
+                 fell further behind than replication.max_retained_bytes, or was configured \
+                 after those records were written. It stays stopped here (re-seeding a sink \
+                 from the store is not implemented yet); the gateway keeps serving",
+                self.shard,
+                from.0,
+                oldest.map_or("is empty".to_string(), |o| format!("begins at lsn {}", o.0))
+            );
+        }
+    }
+
     /// Counts a failure and sleeps the back-off (with jitter), doubling it up to the cap.
     fn fail(&self, sink: &str, error: &str, backoff: &mut Duration, rng: &mut u64) {
         let failures = self.status.failures.fetch_add(1, Ordering::SeqCst) + 1;
@@ -177,82 +235,6 @@ impl Runner {
             std::thread::sleep(Duration::from_millis(10).min(*backoff));
         }
         *backoff = (*backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-/// A replica of one shard's ledger, fed from its WAL.
-struct Replica {
-    shard: ShardId,
-    shards: u16,
-    dir: PathBuf,
-    ledger: Ledger,
-    tail: WalTail,
-}
-
-impl Replica {
-    fn new(shard: ShardId, shards: u16, dir: &std::path::Path) -> Replica {
-        Replica {
-            shard,
-            shards,
-            dir: dir.to_path_buf(),
-            ledger: Ledger::new(shard, shards),
-            tail: WalTail::new(dir),
-        }
-    }
-
-    /// The last LSN applied to the replica.
-    fn applied(&self) -> Lsn {
-        Lsn(self.tail.next_lsn().0 - 1)
-    }
-
-    /// Makes `pending` hold exactly the records after `stored` that the replica has applied,
-    /// replaying (without emitting) up to `stored` when the sink is ahead of the replica and
-    /// starting over when it is behind what `pending` can cover.
-    fn resume_at(&mut self, stored: Lsn, pending: &mut Vec<Record>) {
-        let covered_from = pending.first().map_or(self.tail.next_lsn(), |r| r.lsn);
-        if stored.0 + 1 < covered_from.0 {
-            // The sink lost records we already passed (it was reset): replay from the start.
-            *self = Replica::new(self.shard, self.shards, &self.dir);
-            pending.clear();
-        }
-        pending.retain(|r| r.lsn > stored);
-        while self.applied() < stored {
-            let mut skipped = Vec::new();
-            match self.read(stored, usize::MAX, &mut skipped) {
-                Ok(0) | Err(_) => break, // the sink is ahead of what is readable: wait
-                Ok(_) => {}
-            }
-            pending.extend(skipped.into_iter().filter(|r| r.lsn > stored));
-        }
-    }
-
-    /// Applies up to `max` more durable records, appending their effects to `out`.
-    fn read(&mut self, durable: Lsn, max: usize, out: &mut Vec<Record>) -> std::io::Result<usize> {
-        let (ledger, shard) = (&mut self.ledger, self.shard);
-        let mut bad: Option<String> = None;
-        let n = self
-            .tail
-            .read(durable, max, |lsn, kind, version, payload| {
-                if bad.is_some() {
-                    return;
-                }
-                match decode_command(kind, version, payload) {
-                    Ok(cmd) => {
-                        let (_, effects) = apply_with_effects(ledger, lsn, &cmd);
-                        out.push(Record {
-                            shard,
-                            lsn,
-                            time: command_now(&cmd),
-                            effects,
-                        });
-                    }
-                    Err(e) => bad = Some(format!("lsn {}: {e}", lsn.0)),
-                }
-            })?;
-        match bad {
-            Some(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            None => Ok(n),
-        }
     }
 }
 

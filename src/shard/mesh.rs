@@ -64,6 +64,10 @@ impl MeshPeers {
 }
 
 impl Peers for MeshPeers {
+    fn sleep(&self, d: std::time::Duration) -> impl Future<Output = ()> {
+        glommio::timer::sleep(d)
+    }
+
     fn call(&self, to: ShardId, req: Request) -> impl Future<Output = Reply> {
         assert_ne!(to, self.me, "calls to oneself skip the ring");
         let slot = &self.in_flight[to.index()];

@@ -223,7 +223,24 @@ fn write_api_response(out: &mut Vec<u8>, r: &Response, keep_alive: bool) {
     );
 }
 
-/// `/metrics`, `/healthz`, `/readyz` on shard 0.
+/// Runs a reconciliation on a thread of its own: (status, report). 200 when PostgreSQL
+/// matches, 409 with one difference per line, 503 when it could not run.
+async fn run_reconcile(reconcile: crate::shard::server::Reconcile) -> (u16, String) {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(reconcile());
+    });
+    match rx.await {
+        Ok(Ok(diffs)) if diffs.is_empty() => {
+            (200, "reconcile: PostgreSQL matches the gateway\n".into())
+        }
+        Ok(Ok(diffs)) => (409, diffs.join("\n") + "\n"),
+        Ok(Err(e)) => (503, format!("{e}\n")),
+        Err(_) => (503, "reconcile did not finish\n".into()),
+    }
+}
+
+/// `/metrics`, `/healthz`, `/readyz`, `/reconcile` (admin key) on shard 0.
 pub struct OperatorServer {
     task: glommio::task::JoinHandle<()>,
 }
@@ -239,12 +256,16 @@ impl OperatorServer {
         listen: &str,
         gateway: Rc<Gateway<D, P>>,
         ready: Box<dyn Fn() -> bool>,
+        admin_key: &str,
+        reconcile: crate::shard::server::Reconcile,
     ) -> std::io::Result<OperatorServer> {
         let listener = TcpListener::bind(listen)?;
         let ready: Rc<dyn Fn() -> bool> = Rc::from(ready);
+        let admin = Rc::new(crate::secrets::hash_api_key(admin_key));
         let task = glommio::spawn_local(async move {
             while let Ok(stream) = listener.accept().await {
                 let (gateway, ready) = (gateway.clone(), ready.clone());
+                let (admin, reconcile) = (admin.clone(), reconcile.clone());
                 glommio::spawn_local(async move {
                     let mut reader = RequestReader::new(stream, Limits::default());
                     let Some(Ok(req)) = within(Duration::from_secs(5), reader.next()).await else {
@@ -258,6 +279,18 @@ impl OperatorServer {
                             Ok(stats) => (200, crate::metrics::render(&stats)),
                             Err(_) => (503, "unavailable\n".to_string()),
                         },
+                        "/reconcile" => {
+                            let key = req
+                                .authorization
+                                .as_deref()
+                                .and_then(|a| a.strip_prefix("Bearer "))
+                                .map(crate::secrets::hash_api_key);
+                            if key.as_ref() != Some(&*admin) {
+                                (401, "the admin key is required\n".to_string())
+                            } else {
+                                run_reconcile(reconcile).await
+                            }
+                        }
                         _ => (404, "not found\n".to_string()),
                     };
                     let mut out = Vec::new();

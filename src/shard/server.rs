@@ -76,8 +76,9 @@ pub fn recover_shard(
     shard: u16,
     shards: u16,
     progress: Arc<StoreProgress>,
+    sinks: Vec<Arc<AtomicU64>>,
 ) -> Result<RecoveredShard, StartError> {
-    match try_recover_shard(config, shard, shards, progress.clone()) {
+    match try_recover_shard(config, shard, shards, progress.clone(), sinks.clone()) {
         Err(RecoverError::Store(e)) => {
             let data_dir = &config.server.data_dir;
             let path = store_path(data_dir, shard);
@@ -98,7 +99,7 @@ pub fn recover_shard(
             );
             std::fs::rename(&path, &aside)
                 .map_err(|e| StartError(format!("cannot move {} aside: {e}", path.display())))?;
-            try_recover_shard(config, shard, shards, progress)
+            try_recover_shard(config, shard, shards, progress, sinks)
                 .map_err(|e| StartError(format!("shard {shard}: {e}")))
         }
         other => other.map_err(|e| StartError(format!("shard {shard}: {e}"))),
@@ -121,6 +122,7 @@ fn try_recover_shard(
     shard: u16,
     shards: u16,
     progress: Arc<StoreProgress>,
+    sinks: Vec<Arc<AtomicU64>>,
 ) -> Result<RecoveredShard, RecoverError> {
     let data_dir = &config.server.data_dir;
     let dir = shard_wal_dir(data_dir, shard);
@@ -134,7 +136,9 @@ fn try_recover_shard(
     let writer_config = WriterConfig {
         checkpoint_interval: Duration::from_millis(config.state.checkpoint_interval_ms),
         window: writer_window,
-        recycle_wal: !config.replication.sinks_configured(),
+        recycle_wal: true,
+        sinks,
+        max_retained_bytes: config.replication.max_retained_bytes,
     };
     let (writer, recovery) = StoreWriter::recover(
         store.clone(),
@@ -298,11 +302,18 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         .map(|_| Arc::new(StoreProgress::default()))
         .collect();
     let cfg = &config;
+    // Replication sinks read each shard's store change log; the writer keeps an entry until
+    // every sink has stored it.
+    let sink_statuses = crate::replication::new_statuses(&config.replication, shards);
     let results: Vec<Result<RecoveredShard, StartError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..shards)
             .map(|k| {
                 let progress = progress[k as usize].clone();
-                scope.spawn(move || recover_shard(cfg, k, shards, progress))
+                let sinks: Vec<Arc<AtomicU64>> = sink_statuses
+                    .iter()
+                    .map(|per_shard| per_shard[k as usize].stored.clone())
+                    .collect();
+                scope.spawn(move || recover_shard(cfg, k, shards, progress, sinks))
             })
             .collect();
         handles
@@ -332,9 +343,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         writers.push(shard.writer);
         stores.push(shard.store);
     }
-    if config.replication.sinks_configured() {
-        info!("WAL segments are kept while a replication sink is configured (no recycling)");
-    }
+
     // Idempotency keys start unindexed: a key not in memory is looked up in the stores.
     let retention = config.idempotency.retention_secs * 1000;
     let indexes: Vec<IdemIndex> = (0..shards)
@@ -375,8 +384,13 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         .iter()
         .map(|r| Arc::new(AtomicU64::new(r.next_lsn.0 - 1)))
         .collect();
-    let wal_dirs: Vec<PathBuf> = (0..shards).map(|k| shard_wal_dir(&data_dir, k)).collect();
-    let replication = crate::replication::start(&config.replication, &wal_dirs, &durables);
+    let replication = crate::replication::start(
+        &config.replication,
+        &stores,
+        &progress,
+        &durables,
+        &sink_statuses,
+    );
     // Each shard's store writer follows its durable LSN on a thread of its own; readers serve
     // its cold payments.
     let space = crate::store::space::watch(&data_dir, config.state.min_free_mb << 20);
@@ -390,6 +404,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             format!("corepay-store-{k}"),
         ));
     }
+    let store_handles = stores.clone();
     let readers: Vec<StoreReader> = stores
         .into_iter()
         .enumerate()
@@ -420,6 +435,14 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             space: space.clone(),
         })
         .collect();
+    // `corepay reconcile` against this running gateway: compared on a thread of its own.
+    let reconcile: Reconcile = {
+        let (config, stores) = (config.clone(), store_handles.clone());
+        Arc::new(move || {
+            crate::replication::reconcile::states(&stores)
+                .and_then(|states| crate::replication::reconcile::compare(&config, &states))
+        })
+    };
     let parts = ledgers.into_iter().zip(recovered).zip(indexes).zip(stores);
     for (k, (((ledger, rec), idem), reader)) in parts.enumerate() {
         let placement = if config.server.pin_cores {
@@ -441,6 +464,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             sync,
             durable: durables[k].clone(),
             reader,
+            reconcile: reconcile.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("corepay-shard-{k}"))
@@ -476,6 +500,9 @@ pub fn serve(config: Config) -> Result<(), StartError> {
     }
 }
 
+/// Runs the reconciliation with PostgreSQL (blocking: never on an executor thread).
+pub type Reconcile = Arc<dyn Fn() -> Result<Vec<String>, String> + Send + Sync>;
+
 struct ShardCtx {
     config: Config,
     shard: u16,
@@ -490,6 +517,7 @@ struct ShardCtx {
     sync: SyncMode,
     durable: Arc<AtomicU64>,
     reader: Stores,
+    reconcile: Reconcile,
 }
 
 async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
@@ -507,6 +535,7 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         sync,
         durable,
         reader,
+        reconcile,
     } = ctx;
     let (senders, receivers) = mesh
         .join()
@@ -593,9 +622,14 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     let operator = if shard == 0 {
         let ready = shared.clone();
         let ready_fn = move || ready.ready.load(Ordering::SeqCst) == shards as usize;
-        let op =
-            net::OperatorServer::bind(&config.operator.listen, gateway.clone(), Box::new(ready_fn))
-                .map_err(|e| format!("operator.listen {}: {e}", config.operator.listen))?;
+        let op = net::OperatorServer::bind(
+            &config.operator.listen,
+            gateway.clone(),
+            Box::new(ready_fn),
+            &admin_key,
+            reconcile,
+        )
+        .map_err(|e| format!("operator.listen {}: {e}", config.operator.listen))?;
         Some(op)
     } else {
         None

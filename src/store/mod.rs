@@ -45,11 +45,24 @@ const IDEM_BY_TIME: TableDefinition<(u64, u128), ()> = TableDefinition::new("ide
 const TRANSFERS: TableDefinition<&str, &[u8]> = TableDefinition::new("transfers");
 const OUTBOX: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("outbox");
 
+/// The change log: each record's effects (rows after, journal entries), kept until every
+/// replication sink has stored them.
+const CHANGES: TableDefinition<u64, &[u8]> = TableDefinition::new("changes");
+
 const META_APPLIED: &str = "applied_lsn";
 const META_SCALARS: &str = "scalars";
 const META_FORMAT: &str = "format";
+const META_CHANGES_BYTES: &str = "changes_bytes";
 /// Version of the rows' encoding (postcard of the ledger's types); bump with any change.
 pub const STORE_FORMAT: u64 = 1;
+
+/// One record's effects as the change log keeps them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Change {
+    /// The time the command carried (None for internal bookkeeping without one).
+    pub time: Option<Millis>,
+    pub effects: crate::ledger::effects::Effects,
+}
 
 pub fn store_path(data_dir: &Path, shard: u16) -> PathBuf {
     data_dir.join(format!("shard-{shard}")).join("store.redb")
@@ -143,6 +156,7 @@ impl Store {
             txn.open_table(TRANSFERS)
                 .map_err(|e| err(p, "transfers", e))?;
             txn.open_table(OUTBOX).map_err(|e| err(p, "outbox", e))?;
+            txn.open_table(CHANGES).map_err(|e| err(p, "changes", e))?;
         }
         txn.set_durability(Durability::Immediate);
         txn.commit().map_err(|e| err(p, "commit", e))
@@ -257,6 +271,77 @@ impl Store {
             due.push(k.value().1);
         }
         Ok(due)
+    }
+
+    /// Up to `max` change-log entries from `from` on, in LSN order.
+    pub fn changes(&self, from: Lsn, max: usize) -> Result<Vec<(Lsn, Change)>, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let table = txn.open_table(CHANGES).map_err(|e| err(p, "changes", e))?;
+        let mut out = Vec::new();
+        for row in table
+            .range(from.0..)
+            .map_err(|e| err(p, "changes", e))?
+            .take(max)
+        {
+            let (k, v) = row.map_err(|e| err(p, "changes", e))?;
+            out.push((Lsn(k.value()), decode::<Change>(p, "change", v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Bytes the change log holds.
+    pub fn changes_bytes(&self) -> Result<u64, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
+        let v = meta
+            .get(META_CHANGES_BYTES)
+            .map_err(|e| err(p, "meta", e))?;
+        v.map_or(Ok(0), |v| {
+            u64_from(v.value()).map_err(|e| err(p, "changes_bytes", e))
+        })
+    }
+
+    /// The oldest LSN still in the change log.
+    pub fn oldest_change(&self) -> Result<Option<Lsn>, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let table = txn.open_table(CHANGES).map_err(|e| err(p, "changes", e))?;
+        let first = table.first().map_err(|e| err(p, "changes", e))?;
+        Ok(first.map(|(k, _)| Lsn(k.value())))
+    }
+
+    /// Every account and payment, and the LSN they are as of, from one consistent read
+    /// (reconciliation; O(state), never on a request path).
+    pub fn export(&self) -> Result<(Lsn, Vec<(AccountId, Account)>, Vec<Payment>), StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
+        let applied = match meta.get(META_APPLIED).map_err(|e| err(p, "meta", e))? {
+            None => Lsn(0),
+            Some(v) => Lsn(u64_from(v.value()).map_err(|e| err(p, "applied_lsn", e))?),
+        };
+        let mut accounts = Vec::new();
+        let table = txn
+            .open_table(ACCOUNTS)
+            .map_err(|e| err(p, "accounts", e))?;
+        for row in table.iter().map_err(|e| err(p, "accounts", e))? {
+            let (k, v) = row.map_err(|e| err(p, "accounts", e))?;
+            accounts.push((
+                AccountId(k.value()),
+                decode::<Account>(p, "account", v.value())?,
+            ));
+        }
+        let mut payments = Vec::new();
+        let table = txn
+            .open_table(PAYMENTS)
+            .map_err(|e| err(p, "payments", e))?;
+        for row in table.iter().map_err(|e| err(p, "payments", e))? {
+            let (_, v) = row.map_err(|e| err(p, "payments", e))?;
+            payments.push(decode::<Payment>(p, "payment", v.value())?);
+        }
+        Ok((applied, accounts, payments))
     }
 
     /// Payments stored (for metrics and tests).
@@ -399,6 +484,51 @@ impl Batch<'_> {
                 t.remove((to.0, seq)).map_err(|x| e("outbox")(x.into()))?;
             }
         }
+        Ok(())
+    }
+
+    /// Adds one record's effects to the change log; returns the bytes it takes.
+    pub fn put_change(&mut self, lsn: Lsn, change: &Change) -> Result<u64, StoreError> {
+        let p = &self.store.path;
+        let mut t = self
+            .txn
+            .open_table(CHANGES)
+            .map_err(|e| err(p, "changes", e))?;
+        let bytes = encode(change);
+        t.insert(lsn.0, bytes.as_slice())
+            .map_err(|e| err(p, "changes", e))?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Deletes the oldest change-log entries until at least `excess` bytes are freed, at most
+    /// `max` entries. Returns the bytes freed.
+    pub fn prune_oldest_changes(&mut self, excess: u64, max: usize) -> Result<u64, StoreError> {
+        let p = &self.store.path;
+        let mut t = self
+            .txn
+            .open_table(CHANGES)
+            .map_err(|e| err(p, "changes", e))?;
+        let (mut old, mut freed) = (Vec::new(), 0u64);
+        for row in t.iter().map_err(|e| err(p, "changes", e))?.take(max) {
+            if freed >= excess {
+                break;
+            }
+            let (k, v) = row.map_err(|e| err(p, "changes", e))?;
+            freed += v.value().len() as u64;
+            old.push(k.value());
+        }
+        for lsn in &old {
+            t.remove(*lsn).map_err(|e| err(p, "changes", e))?;
+        }
+        Ok(freed)
+    }
+
+    /// Records how many bytes the change log holds (committed with the batch).
+    pub fn set_changes_bytes(&mut self, bytes: u64) -> Result<(), StoreError> {
+        let p = &self.store.path;
+        let mut meta = self.txn.open_table(META).map_err(|e| err(p, "meta", e))?;
+        meta.insert(META_CHANGES_BYTES, bytes.to_le_bytes().as_slice())
+            .map_err(|e| err(p, "meta", e))?;
         Ok(())
     }
 

@@ -78,6 +78,11 @@ impl StoreReader {
         &self.progress
     }
 
+    /// How long a read may take before its request is shed.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Jobs waiting for a reader.
     pub fn queued(&self) -> usize {
         self.jobs.len()

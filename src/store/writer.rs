@@ -16,11 +16,13 @@
 
 use crate::domain::{Lsn, ShardId};
 use crate::ledger::command::decode_command;
+use crate::ledger::effects::apply_with_effects;
+use crate::ledger::state::command_now;
 use crate::ledger::{Changes, Command, Ledger};
 use crate::replication::source::WalTail;
 use crate::store::reader::StoreProgress;
 use crate::store::space::Space;
-use crate::store::{Batch, Store, StoreError};
+use crate::store::{Batch, Change, Store, StoreError};
 use crate::wal::format::parse_segment_name;
 use crate::wal::{recover_from, FsSource, Recovered};
 use crate::{info, warn};
@@ -36,6 +38,8 @@ pub const COMMIT_RECORDS_MAX: usize = 4096;
 const POLL: Duration = Duration::from_millis(1);
 /// Wait between attempts after a failed commit (disk full, I/O error).
 const RETRY: Duration = Duration::from_millis(200);
+/// Change-log entries one commit deletes at most.
+const CHANGES_PRUNE_MAX: usize = 100_000;
 /// Idempotency records one `PruneIdempotency` deletes at most (the shard issues one a
 /// second, so a backlog after a long stop is pruned over many).
 const IDEM_PRUNE_MAX: usize = 100_000;
@@ -47,8 +51,14 @@ pub struct WriterConfig {
     pub checkpoint_interval: Duration,
     /// Payments the writer's ledger holds between commits.
     pub window: usize,
-    /// Delete WAL segments once a checkpoint covers them (false while a sink is configured).
+    /// Delete WAL segments once a checkpoint covers them.
     pub recycle_wal: bool,
+    /// Each configured replication sink's stored LSN for this shard. When any sink is
+    /// configured, every record's effects go to the store's change log.
+    pub sinks: Vec<Arc<AtomicU64>>,
+    /// The change log keeps its newest `max_retained_bytes`: a sink further behind must be
+    /// re-seeded from the store.
+    pub max_retained_bytes: u64,
 }
 
 /// Why recovery failed: the store itself could not be read (it may be rebuilt from the WAL),
@@ -91,6 +101,10 @@ pub struct StoreWriter {
     unsaved: Changes,
     /// Records read from the WAL and not yet applied (kept across failed commits).
     backlog: VecDeque<(Lsn, Command)>,
+    /// Effects of applied records not yet committed to the change log.
+    unsaved_changes: Vec<(Lsn, Change)>,
+    /// Bytes the change log holds (committed, plus `unsaved_changes` once committed).
+    changes_bytes: u64,
     /// Free space: no commit is attempted while it is low.
     space: Option<Arc<Space>>,
     applied: Lsn,
@@ -111,6 +125,7 @@ impl StoreWriter {
         progress: Arc<StoreProgress>,
     ) -> Result<(StoreWriter, Recovery), RecoverError> {
         let checkpoint = store.applied().map_err(RecoverError::Store)?;
+        let changes_bytes = store.changes_bytes().map_err(RecoverError::Store)?;
         let window = config.window.max(WRITER_WINDOW_MIN);
         let mut ledger = store
             .load_ledger(shard, shards, window)
@@ -126,11 +141,14 @@ impl StoreWriter {
             progress,
             unsaved: Changes::default(),
             backlog: VecDeque::new(),
+            unsaved_changes: Vec::new(),
+            changes_bytes: 0,
             space: None,
             applied: checkpoint,
             committed: checkpoint,
             last_checkpoint: Instant::now(),
         };
+        writer.changes_bytes = changes_bytes;
         let mut failure: Option<StoreError> = None;
         let mut pending: Vec<(Lsn, Command)> = Vec::new();
         let from = Lsn(checkpoint.0 + 1);
@@ -290,7 +308,13 @@ impl StoreWriter {
                 batch = store.begin()?;
                 assert!(self.prepare(&batch, &cmd)?, "a committed window has room");
             }
-            self.ledger.apply(lsn, &cmd);
+            if self.config.sinks.is_empty() {
+                self.ledger.apply(lsn, &cmd);
+            } else {
+                let (_, effects) = apply_with_effects(&mut self.ledger, lsn, &cmd);
+                let time = command_now(&cmd);
+                self.unsaved_changes.push((lsn, Change { time, effects }));
+            }
             self.applied = lsn;
             self.backlog.pop_front();
             merge(&mut self.unsaved, self.ledger.take_changes());
@@ -324,8 +348,22 @@ impl StoreWriter {
 
     fn commit(&mut self, mut batch: Batch<'_>, durable: bool) -> Result<(), StoreError> {
         batch.write(&self.ledger, &self.unsaved)?;
+        let mut bytes = self.changes_bytes;
+        for (lsn, change) in &self.unsaved_changes {
+            bytes += batch.put_change(*lsn, change)?;
+        }
+        if !self.config.sinks.is_empty() {
+            // The change log keeps its newest bytes, stored by every sink or not.
+            if bytes > self.config.max_retained_bytes {
+                let excess = bytes - self.config.max_retained_bytes;
+                bytes -= batch.prune_oldest_changes(excess, CHANGES_PRUNE_MAX)?;
+            }
+            batch.set_changes_bytes(bytes)?;
+        }
         batch.commit(&self.ledger, self.applied, durable)?;
         self.unsaved = Changes::default();
+        self.unsaved_changes.clear();
+        self.changes_bytes = bytes;
         self.committed = self.applied;
         self.ledger.set_stored(self.applied);
         self.progress
