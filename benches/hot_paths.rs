@@ -130,7 +130,7 @@ fn key_of(i: u64) -> Hash16 {
 /// An index of about `n` finished keys, every one already in its holder's store (so any may
 /// leave for a new key): the steady state of a busy shard.
 fn idem_index_with(n: u64) -> IdemIndex {
-    let mut idx = IdemIndex::new(86_400_000, n as usize, true);
+    let mut idx = IdemIndex::new(86_400_000, n as usize, true, Millis(1));
     for i in 0..n {
         let key = key_of(i);
         if idx.begin(key, [7; 16], Millis(i), &all_stored) == Local::Unknown {

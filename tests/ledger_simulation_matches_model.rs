@@ -28,6 +28,7 @@ struct Twin {
     shard: Ledger,
     writer: Ledger,
     store: BTreeMap<u64, corepay::ledger::state::Payment>,
+    stored_transfers: BTreeMap<Hash16, TransferView>,
     stored: Lsn,
     /// Logged records the writer has not applied.
     pending: VecDeque<(Lsn, Command)>,
@@ -44,6 +45,7 @@ impl Twin {
             shard: Ledger::with_payment_window(shard, SHARDS, TWIN_WINDOW),
             writer,
             store: BTreeMap::new(),
+            stored_transfers: BTreeMap::new(),
             stored: Lsn(0),
             pending: VecDeque::new(),
             shard_lsn: 0,
@@ -67,6 +69,15 @@ impl Twin {
     }
 
     fn writer_prepare(&mut self, cmd: &Command) -> bool {
+        if let Some(key) = Ledger::needs_transfer(cmd) {
+            if let Some(t) = self.stored_transfers.get(&key) {
+                if !self.writer.transfer_held(&key)
+                    && self.writer.load_transfer(key, t.clone()).is_err()
+                {
+                    return false;
+                }
+            }
+        }
         for seq in self.writer.needs_payments(cmd) {
             if !self.writer.payment_held(seq) {
                 let p = self.store[&seq].clone();
@@ -87,6 +98,13 @@ impl Twin {
                 .payment(seq)
                 .expect("changed payments stay held");
             self.store.insert(seq, p.clone());
+        }
+        for key in changes.transfers {
+            let t = self
+                .writer
+                .transfer_row(&key)
+                .expect("new transfers stay held");
+            self.stored_transfers.insert(key, t.clone());
         }
         let applied = self
             .pending
@@ -112,6 +130,13 @@ impl Twin {
     fn exec(&mut self, lsn: Lsn, cmd: &Command) -> Outcome {
         for attempt in 0..2 {
             let mut ready = true;
+            if let Some(key) = Ledger::needs_transfer(cmd) {
+                if let Some(t) = self.stored_transfers.get(&key) {
+                    if !self.shard.transfer_held(&key) {
+                        ready &= self.shard.load_transfer(key, t.clone()).is_ok();
+                    }
+                }
+            }
             for seq in self.shard.needs_payments(cmd) {
                 if !self.shard.payment_held(seq) {
                     self.cold_loads += 1;

@@ -92,7 +92,7 @@ fn run(seed: u64, ack_before_durable: bool) -> Vec<String> {
             Ledger::new(ShardId(0), 1),
             wal.clone(),
             Alone,
-            IdemIndex::new(86_400_000, 1000, false),
+            IdemIndex::new(86_400_000, 1000, false, Millis(0)),
             clock,
             None,
         );

@@ -7,8 +7,10 @@
 //! It is a fixed set-associative table (`WAYS` slots per set, allocated once, never rehashed)
 //! of the keys in use now and recently. A finished key may leave it once its holder's store
 //! has the record (`Done::durable` ≤ that store's applied LSN): a key that is not here is
-//! then looked up in the stores (`resolve`). A running key never leaves it. With no store
-//! (tests), a finished key leaves only when its retention has passed.
+//! then looked up in the stores (`resolve`) — unless no key that left its set (and no record
+//! from before the start) is still within retention, which each set remembers as one time.
+//! A running key never leaves it. With no store (tests), a finished key leaves only when its
+//! retention has passed.
 //!
 //! Never: I/O, or a decision about the guarded operation.
 
@@ -46,6 +48,10 @@ pub enum Local {
 
 pub struct IdemIndex {
     slots: Vec<Option<Entry>>,
+    /// Per set: the newest `at` of a finished key that left it for the stores.
+    left_at: Vec<u64>,
+    /// The newest record the stores held at start (0: none).
+    floor_at: u64,
     mask: u64,
     len: usize,
     retention_millis: u64,
@@ -54,12 +60,15 @@ pub struct IdemIndex {
 }
 
 impl IdemIndex {
-    /// An index of about `max` keys; `backed`: the stores hold every finished key.
-    pub fn new(retention_millis: u64, max: usize, backed: bool) -> IdemIndex {
+    /// An index of about `max` keys; `backed`: the stores hold every finished key, the
+    /// newest of which was recorded at `floor_at` when the index was made (0: none).
+    pub fn new(retention_millis: u64, max: usize, backed: bool, floor_at: Millis) -> IdemIndex {
         assert!(max > 0);
         let sets = max.div_ceil(WAYS).next_power_of_two();
         IdemIndex {
             slots: vec![None; sets * WAYS],
+            left_at: vec![0; sets],
+            floor_at: floor_at.0,
             mask: sets as u64 - 1,
             len: 0,
             retention_millis,
@@ -96,7 +105,7 @@ impl IdemIndex {
             });
         }
         match self.place(key, body, now, State::Running, stored) {
-            true if self.backed => Local::Unknown,
+            true if self.stores_may_hold(&key, now) => Local::Unknown,
             true => Local::Known(IdemBegin::Proceed),
             false => Local::Known(IdemBegin::Full),
         }
@@ -146,7 +155,7 @@ impl IdemIndex {
         {
             Some(State::Running) => Local::Known(IdemBegin::InFlight),
             Some(State::Done { holder, .. }) => Local::Known(IdemBegin::Replay(holder)),
-            None if self.backed => Local::Unknown,
+            None if self.stores_may_hold(key, now) => Local::Unknown,
             None => Local::Known(IdemBegin::Proceed),
         }
     }
@@ -171,6 +180,14 @@ impl IdemIndex {
                 self.len -= 1;
             }
         }
+    }
+
+    /// True when a record of `key` could be in a store: a finished key of its set left the
+    /// index (or the stores held records at start) less than a retention ago.
+    fn stores_may_hold(&self, key: &Hash16, now: Millis) -> bool {
+        let set = self.slots_of(key).start / WAYS;
+        let newest = self.left_at[set].max(self.floor_at);
+        self.backed && newest > 0 && newest + self.retention_millis > now.0
     }
 
     fn slots_of(&self, key: &Hash16) -> std::ops::Range<usize> {
@@ -213,8 +230,14 @@ impl IdemIndex {
         let Some(i) = free else {
             return false;
         };
-        if self.slots[i].is_none() {
-            self.len += 1;
+        match &self.slots[i] {
+            None => self.len += 1,
+            Some(e) if e.key != key && !self.expired(e, now) => {
+                // A finished key leaves for its holder's store.
+                let set = i / WAYS;
+                self.left_at[set] = self.left_at[set].max(e.at.0);
+            }
+            Some(_) => {}
         }
         self.slots[i] = Some(Entry {
             key,
@@ -236,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_key_goes_from_proceed_to_in_flight_to_replay() {
-        let mut idx = IdemIndex::new(1000, 64, false);
+        let mut idx = IdemIndex::new(1000, 64, false, Millis(0));
         let (k, b) = ([1; 16], [2; 16]);
         let begin = |idx: &mut IdemIndex, body, at| idx.begin(k, body, Millis(at), &nothing_stored);
         assert_eq!(begin(&mut idx, b, 0), Local::Known(IdemBegin::Proceed));
@@ -263,7 +286,7 @@ mod tests {
 
     #[test]
     fn a_failed_operation_frees_its_key_and_an_unbacked_index_is_bounded() {
-        let mut idx = IdemIndex::new(1000, 8, false);
+        let mut idx = IdemIndex::new(1000, 8, false, Millis(0));
         assert_eq!(
             idx.begin([1; 16], [0; 16], Millis(0), &nothing_stored),
             Local::Known(IdemBegin::Proceed)
@@ -290,7 +313,7 @@ mod tests {
 
     #[test]
     fn a_finished_key_leaves_only_once_its_holder_stored_it() {
-        let mut idx = IdemIndex::new(86_400_000, 8, true);
+        let mut idx = IdemIndex::new(86_400_000, 8, true, Millis(1));
         let key = |n: u8| {
             let mut k = [0u8; 16];
             k[15] = n;

@@ -203,6 +203,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         for seq in needed {
             self.ensure_held(seq).await?;
         }
+        if let Some(key) = Ledger::needs_transfer(&cmd) {
+            self.load_transfer(key).await?;
+        }
         let (lsn, outcome) = self.log_and_apply(&cmd)?;
         if !self.config.ack_before_durable {
             self.wal
@@ -349,6 +352,33 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         } else {
             self.store_shed.set(self.store_shed.get() + 1);
             Err(ServiceError::Unavailable)
+        }
+    }
+
+    /// Loads an earlier transfer with the same id from the store, if it left memory (the id
+    /// is also the transfer's idempotency key, so no other request with it runs meanwhile).
+    async fn load_transfer(&self, key: Hash16) -> Result<(), ServiceError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        if self.ledger.borrow().transfer_held(&key) {
+            return Ok(());
+        }
+        match self.in_time(store.transfer(key)).await {
+            Some(Ok(None)) => Ok(()),
+            Some(Ok(Some(view))) => {
+                let mut ledger = self.ledger.borrow_mut();
+                ledger.set_stored(store.applied());
+                if ledger.transfer_held(&key) || ledger.load_transfer(key, view).is_ok() {
+                    Ok(())
+                } else {
+                    Err(ServiceError::Unavailable)
+                }
+            }
+            _ => {
+                self.store_shed.set(self.store_shed.get() + 1);
+                Err(ServiceError::Unavailable)
+            }
         }
     }
 

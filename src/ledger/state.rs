@@ -8,7 +8,7 @@
 use crate::domain::{AccountId, Currency, Lsn, Millis, ShardId};
 use crate::ledger::command::*;
 use crate::ledger::decline::Decline;
-use crate::ledger::window::{IdemTable, NoRoom, PaymentTable};
+use crate::ledger::window::{transfer_key, IdemTable, NoRoom, PaymentTable, TransferTable};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -101,7 +101,9 @@ pub struct Ledger {
     next_out: Vec<u64>,
     applied_in: Vec<u64>,
     totals: BTreeMap<Currency, CurrencyTotals>,
-    transfers: HashMap<String, TransferView>,
+    /// Transfers by id hash: all, or a window in front of the store (loaded before a
+    /// `Transfer` with that id is applied: `needs_transfer`).
+    transfers: TransferTable,
     last_now: Millis,
     /// LSN of the command being applied (0 between commands).
     applying: Lsn,
@@ -117,7 +119,7 @@ pub struct Changes {
     pub merchants: BTreeSet<MerchantId>,
     pub payments: BTreeSet<u64>,
     pub idem_added: Vec<Hash16>,
-    pub transfers: Vec<String>,
+    pub transfers: Vec<Hash16>,
     pub outbox_added: Vec<(ShardId, u64)>,
     pub outbox_removed: Vec<(ShardId, u64)>,
 }
@@ -142,7 +144,6 @@ pub struct Snapshot {
     pub accounts: Vec<(AccountId, Account)>,
     pub cards: Vec<Card>,
     pub merchants: Vec<(MerchantId, Merchant)>,
-    pub transfers: Vec<TransferView>,
     pub outbox: Vec<((ShardId, u64), (Lsn, Credit))>,
 }
 
@@ -166,7 +167,7 @@ impl Ledger {
             next_out: vec![1; shards as usize],
             applied_in: vec![0; shards as usize],
             totals: BTreeMap::new(),
-            transfers: HashMap::new(),
+            transfers: TransferTable::all(),
             last_now: Millis(0),
             applying: Lsn(0),
             changes: None,
@@ -180,6 +181,7 @@ impl Ledger {
         let mut ledger = Ledger::new(shard, shards);
         ledger.payments = PaymentTable::window(window);
         ledger.idem = IdemTable::window(window / 4);
+        ledger.transfers = TransferTable::window(window / 8);
         ledger
     }
 
@@ -208,8 +210,6 @@ impl Ledger {
             l.cards.insert(c.id, c);
         }
         l.merchants.extend(snap.merchants);
-        l.transfers
-            .extend(snap.transfers.into_iter().map(|t| (t.id.clone(), t)));
         l.outbox.extend(snap.outbox);
         l.check_invariants();
         l
@@ -233,7 +233,7 @@ impl Ledger {
             next_out: self.next_out.clone(),
             applied_in: self.applied_in.clone(),
             totals: self.totals.clone(),
-            transfers: self.transfers.clone(),
+            transfers: TransferTable::window(window / 8),
             last_now: self.last_now,
             applying: Lsn(0),
             changes: None,
@@ -282,8 +282,26 @@ impl Ledger {
     pub fn idem_row(&self, key: &Hash16) -> Option<&IdemRecord> {
         self.idem.get(*key)
     }
-    pub fn transfer_row(&self, id: &str) -> Option<&TransferView> {
-        self.transfers.get(id)
+    pub fn transfer_row(&self, key: &Hash16) -> Option<&TransferView> {
+        self.transfers.get(*key)
+    }
+
+    /// The transfer id a command creates, whose earlier copy (if any) must be held first.
+    pub fn needs_transfer(cmd: &Command) -> Option<Hash16> {
+        match cmd {
+            Command::Transfer { id, .. } => Some(transfer_key(id)),
+            _ => None,
+        }
+    }
+
+    /// Places a transfer read from the store.
+    pub fn load_transfer(&mut self, key: Hash16, view: TransferView) -> Result<(), NoRoom> {
+        assert_eq!(transfer_key(&view.id), key);
+        self.transfers.load(key, view)
+    }
+
+    pub fn transfer_held(&self, key: &Hash16) -> bool {
+        self.transfers.contains(*key)
     }
     pub fn outbox_row(&self, to: ShardId, seq: u64) -> Option<&(Lsn, Credit)> {
         self.outbox.get(&(to, seq))
@@ -316,6 +334,7 @@ impl Ledger {
     pub fn set_stored(&mut self, lsn: Lsn) {
         self.payments.set_stored(lsn);
         self.idem.set_stored(lsn);
+        self.transfers.set_stored(lsn);
     }
 
     /// Payments held in memory, and the window's size (`None`: every payment is held).
@@ -346,7 +365,9 @@ impl Ledger {
     pub fn has_room_for(&self, cmd: &Command) -> bool {
         let new_payment = matches!(cmd, Command::Authorize { .. });
         let idem_room = command_idem(cmd).is_none_or(|tag| self.idem.has_room(tag.key));
+        let transfer_room = Ledger::needs_transfer(cmd).is_none_or(|k| self.transfers.has_room(k));
         idem_room
+            && transfer_room
             && (!new_payment || self.payments.has_room(self.next_payment))
             && self
                 .needs_payments(cmd)
@@ -1193,7 +1214,8 @@ impl Ledger {
         currency: Currency,
         now: Millis,
     ) -> Outcome {
-        if let Some(existing) = self.transfers.get(id) {
+        let key = transfer_key(id);
+        if let Some(existing) = self.transfers.get(key) {
             return Outcome::Transfer(existing.clone());
         }
         if from == to {
@@ -1240,8 +1262,8 @@ impl Ledger {
             currency,
             created_at: now,
         };
-        self.transfers.insert(id.to_string(), view.clone());
-        self.note(|c| c.transfers.push(id.to_string()));
+        self.transfers.insert_new(key, view.clone(), lsn);
+        self.note(|c| c.transfers.push(key));
         Outcome::Transfer(view)
     }
 

@@ -45,6 +45,15 @@ impl WindowKey for Hash16 {
 pub type PaymentTable = Table<u64, Payment>;
 /// Idempotency records by key hash, on the shard whose WAL holds them.
 pub type IdemTable = Table<Hash16, IdemRecord>;
+/// Transfers by the hash of their id (`transfer_key`), on the debited account's shard.
+pub type TransferTable = Table<Hash16, crate::ledger::TransferView>;
+
+/// The key of transfer `id` in its table and in the store.
+pub fn transfer_key(id: &str) -> Hash16 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(id.as_bytes());
+    digest[..16].try_into().expect("32 bytes")
+}
 
 /// Slots per set. Eight keeps a whole set within a few cache lines of metadata and makes a
 /// set full of unapplied changes vanishingly rare (the store applies within milliseconds).

@@ -6,7 +6,7 @@
 //! credit still in flight, and only then open the listeners.
 
 use crate::config::Config;
-use crate::domain::ShardId;
+use crate::domain::{Millis, ShardId};
 use crate::gateway::idem_index::IdemIndex;
 use crate::gateway::{system_clock, Gateway, GatewayConfig};
 use crate::http::api::Api;
@@ -346,8 +346,18 @@ pub fn serve(config: Config) -> Result<(), StartError> {
 
     // Idempotency keys start unindexed: a key not in memory is looked up in the stores.
     let retention = config.idempotency.retention_secs * 1000;
+    let mut newest_record = Millis(0);
+    for store in &stores {
+        let newest = store
+            .newest_idem_at()
+            .map_err(|e| StartError(e.to_string()))?;
+        newest_record = newest_record.max(newest.unwrap_or(Millis(0)));
+    }
     let indexes: Vec<IdemIndex> = (0..shards)
-        .map(|_| IdemIndex::new(retention, config.idempotency.max_keys_per_shard, true))
+        .map(|_| {
+            let max = config.idempotency.max_keys_per_shard;
+            IdemIndex::new(retention, max, true, newest_record)
+        })
         .collect();
     info!(
         "recovered {shards} shards in {} ms",

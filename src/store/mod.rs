@@ -42,7 +42,7 @@ const HOLDS: TableDefinition<(u64, u64), ()> = TableDefinition::new("holds");
 const IDEM: TableDefinition<u128, &[u8]> = TableDefinition::new("idempotency");
 /// Idempotency records by (at, key): what pruning walks.
 const IDEM_BY_TIME: TableDefinition<(u64, u128), ()> = TableDefinition::new("idempotency_by_time");
-const TRANSFERS: TableDefinition<&str, &[u8]> = TableDefinition::new("transfers");
+const TRANSFERS: TableDefinition<u128, &[u8]> = TableDefinition::new("transfers");
 const OUTBOX: TableDefinition<(u16, u64), &[u8]> = TableDefinition::new("outbox");
 
 /// The change log: each record's effects (rows after, journal entries), kept until every
@@ -214,14 +214,6 @@ impl Store {
             let m = decode::<Merchant>(p, "merchant", v.value())?;
             snap.merchants.push((MerchantId(k.value().to_string()), m));
         }
-        let transfers = txn
-            .open_table(TRANSFERS)
-            .map_err(|e| err(p, "transfers", e))?;
-        for row in transfers.iter().map_err(|e| err(p, "transfers", e))? {
-            let (_, v) = row.map_err(|e| err(p, "transfers", e))?;
-            snap.transfers
-                .push(decode::<TransferView>(p, "transfer", v.value())?);
-        }
         let outbox = txn.open_table(OUTBOX).map_err(|e| err(p, "outbox", e))?;
         for row in outbox.iter().map_err(|e| err(p, "outbox", e))? {
             let (k, v) = row.map_err(|e| err(p, "outbox", e))?;
@@ -241,6 +233,31 @@ impl Store {
             .map_err(|e| err(p, "payments", e))?;
         let row = table.get(seq).map_err(|e| err(p, "payments", e))?;
         row.map(|v| decode::<Payment>(p, "payment", v.value()))
+            .transpose()
+    }
+
+    /// The time of the newest idempotency record kept (None: none).
+    pub fn newest_idem_at(&self) -> Result<Option<Millis>, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let table = txn
+            .open_table(IDEM_BY_TIME)
+            .map_err(|e| err(p, "idempotency", e))?;
+        let last = table.last().map_err(|e| err(p, "idempotency", e))?;
+        Ok(last.map(|(k, _)| Millis(k.value().0)))
+    }
+
+    /// The transfer whose id hashes to `key` (`ledger::window::transfer_key`), if any.
+    pub fn transfer(&self, key: &Hash16) -> Result<Option<TransferView>, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let table = txn
+            .open_table(TRANSFERS)
+            .map_err(|e| err(p, "transfers", e))?;
+        let row = table
+            .get(u128::from_le_bytes(*key))
+            .map_err(|e| err(p, "transfers", e))?;
+        row.map(|v| decode::<TransferView>(p, "transfer", v.value()))
             .transpose()
     }
 
@@ -371,6 +388,20 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// A transfer as this batch sees it (the writer's cold reads).
+    pub fn transfer(&self, key: &Hash16) -> Result<Option<TransferView>, StoreError> {
+        let p = &self.store.path;
+        let table = self
+            .txn
+            .open_table(TRANSFERS)
+            .map_err(|e| err(p, "transfers", e))?;
+        let row = table
+            .get(u128::from_le_bytes(*key))
+            .map_err(|e| err(p, "transfers", e))?;
+        row.map(|v| decode::<TransferView>(p, "transfer", v.value()))
+            .transpose()
+    }
+
     /// A payment as this batch sees it (the writer's cold reads).
     pub fn payment(&self, seq: u64) -> Result<Option<Payment>, StoreError> {
         let p = &self.store.path;
@@ -466,9 +497,13 @@ impl Batch<'_> {
             let mut t = txn
                 .open_table(TRANSFERS)
                 .map_err(|x| e("transfers")(x.into()))?;
-            for id in &changes.transfers {
-                let row = encode(ledger.transfer_row(id).expect("recorded transfers exist"));
-                t.insert(id.as_str(), row.as_slice())
+            for key in &changes.transfers {
+                let row = encode(
+                    ledger
+                        .transfer_row(key)
+                        .expect("recorded transfers stay held"),
+                );
+                t.insert(u128::from_le_bytes(*key), row.as_slice())
                     .map_err(|x| e("transfers")(x.into()))?;
             }
         }

@@ -7,7 +7,7 @@
 
 use crate::domain::{Lsn, Millis};
 use crate::ledger::state::{IdemRecord, Payment};
-use crate::ledger::Hash16;
+use crate::ledger::{Hash16, TransferView};
 use crate::store::{Store, StoreError};
 use crossbeam::channel::{bounded, Receiver, Sender, TrySendError};
 use futures::channel::oneshot;
@@ -32,12 +32,14 @@ pub enum ReadError {
 enum Query {
     Payment(u64),
     Idem(Hash16),
+    Transfer(Hash16),
     HoldsDue { now: Millis, limit: usize },
 }
 
 enum Answer {
     Payment(Option<Payment>),
     Idem(Option<IdemRecord>),
+    Transfer(Option<TransferView>),
     Holds(Vec<u64>),
 }
 
@@ -98,6 +100,13 @@ impl StoreReader {
     pub async fn idem(&self, key: Hash16) -> Result<Option<IdemRecord>, ReadError> {
         match self.ask(Query::Idem(key)).await? {
             Answer::Idem(r) => Ok(r),
+            _ => unreachable!("answers match their query"),
+        }
+    }
+
+    pub async fn transfer(&self, key: Hash16) -> Result<Option<TransferView>, ReadError> {
+        match self.ask(Query::Transfer(key)).await? {
+            Answer::Transfer(t) => Ok(t),
             _ => unreachable!("answers match their query"),
         }
     }
@@ -175,6 +184,7 @@ fn serve(store: &Store, queue: &Receiver<Job>) {
         let answer = match job.query {
             Query::Payment(seq) => store.payment(seq).map(Answer::Payment),
             Query::Idem(key) => store.idem(&key).map(Answer::Idem),
+            Query::Transfer(key) => store.transfer(&key).map(Answer::Transfer),
             Query::HoldsDue { now, limit } => store.holds_due(now, limit).map(Answer::Holds),
         };
         if let Err(e) = &answer {

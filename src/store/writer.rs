@@ -327,8 +327,18 @@ impl StoreWriter {
         self.commit(batch, durable)
     }
 
-    /// Loads the payments `cmd` touches; false when the window has no room for them.
+    /// Loads the payments (and the earlier transfer) `cmd` touches; false when the window
+    /// has no room for them.
     fn prepare(&mut self, batch: &Batch<'_>, cmd: &Command) -> Result<bool, StoreError> {
+        if let Some(key) = Ledger::needs_transfer(cmd) {
+            if !self.ledger.transfer_held(&key) {
+                if let Some(view) = batch.transfer(&key)? {
+                    if self.ledger.load_transfer(key, view).is_err() {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
         for seq in self.ledger.needs_payments(cmd) {
             if self.ledger.payment_held(seq) {
                 continue;
