@@ -147,3 +147,20 @@ pub fn metric_sum(text: &str, name: &str, label_filter: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// Σ of a Prometheus metric over all its label sets; None when the page has no such metric
+/// (an older gateway), unlike `metric_sum`'s 0.
+pub fn metric_total(text: &str, name: &str) -> Option<u64> {
+    let mut found = false;
+    let sum = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .inspect(|_| found = true)
+        .sum();
+    found.then_some(sum)
+}

@@ -10,7 +10,7 @@ pub struct Args {
 }
 
 /// Flags that take no value.
-const SWITCHES: [&str; 4] = ["no-check", "no-provision", "quiet", "keep"];
+const SWITCHES: [&str; 5] = ["no-check", "no-provision", "quiet", "keep", "start-gateway"];
 
 impl Args {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {

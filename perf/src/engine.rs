@@ -11,8 +11,13 @@
 //! window has room, encodes them, writes them in one call) and a reader task (matches
 //! answers: in order for HTTP, by STAN for ISO 8583). A lost connection's requests in
 //! flight are counted as `connection_lost`, and the connection is re-opened.
+//!
+//! For soaks (`run_with` and `EngineOpts::windows`), every answer is also aggregated into
+//! windows of wall time (`window`), and each closed window is sent to a sampler thread,
+//! which reads the gateway's RSS and metrics off this executor.
 
 use crate::scenario::{Protocol, Scenario};
+use crate::window::{Totals, Window, WindowRecorder};
 use crate::workload::{amount_text, Generator, Op, OpKind, Original, EXP_MONTH, EXP_YEAR, OPS};
 use corepay::iso8583::codec::{decode, encode, BitmapEncoding, Message};
 use corepay::iso8583::framing::{write_frame, FrameReader, Framing, DEFAULT_MAX_FRAME};
@@ -22,6 +27,7 @@ use hdrhistogram::Histogram;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 /// Slowest latency recorded exactly: 60 s, in nanoseconds.
@@ -83,6 +89,37 @@ pub struct RunStats {
     pub measured_s: f64,
     /// Measured answers per second of wall time over the measured window.
     pub achieved_rate: f64,
+    /// With `EngineOpts::windows`: every window, and when the schedule ended (s after the
+    /// measured start; later windows only drain).
+    pub windows: Vec<Window>,
+    pub schedule_end_s: f64,
+    /// Cold operations drawn when no payment was old enough (sent as authorizations;
+    /// warm-up included).
+    pub cold_fallbacks: u64,
+}
+
+/// What a run keeps besides its totals.
+pub struct EngineOpts {
+    /// Keep the id of every approved HTTP payment (for the closing check's read-back).
+    /// Off for soaks: millions of ids would be the harness's own memory leak.
+    pub keep_approved_ids: bool,
+    pub windows: Option<WindowOpts>,
+}
+
+/// Per-window aggregation: each closed window goes to `tick` (when several close at once,
+/// the last of them).
+pub struct WindowOpts {
+    pub width: Duration,
+    pub tick: Sender<Window>,
+}
+
+impl Default for EngineOpts {
+    fn default() -> EngineOpts {
+        EngineOpts {
+            keep_approved_ids: true,
+            windows: None,
+        }
+    }
 }
 
 impl RunStats {
@@ -111,6 +148,9 @@ impl RunStats {
             approved_ids: Vec::new(),
             measured_s: 0.0,
             achieved_rate: 0.0,
+            windows: Vec::new(),
+            schedule_end_s: 0.0,
+            cold_fallbacks: 0,
         }
     }
 
@@ -145,6 +185,16 @@ struct Shared {
     /// Last measured answer.
     last_measured_answer: Option<Instant>,
     in_flight: u64,
+    keep_approved_ids: bool,
+    /// Soaks: the windows (set once the measured start is known).
+    windows: Option<Windows>,
+}
+
+struct Windows {
+    /// The first measured scheduled send: window 0 starts here.
+    start: Instant,
+    rec: WindowRecorder,
+    tick: Sender<Window>,
 }
 
 impl Shared {
@@ -159,7 +209,31 @@ impl Shared {
         out
     }
 
+    /// Closes the windows that ended by `now` (soaks only); call before counting anything
+    /// that happened at `now`.
+    fn roll(&mut self, now: Instant) {
+        let Some(w) = self.windows.as_mut() else {
+            return;
+        };
+        let at = now.saturating_duration_since(w.start).as_nanos() as u64;
+        if at < w.rec.end_ns() {
+            return;
+        }
+        let totals = Totals {
+            processed: self.stats.answered_all,
+            created: self.stats.payments_created_all,
+            backlog: self.queue.len() as u64 + self.in_flight,
+        };
+        if w.rec.roll(at, totals).is_some() {
+            if let Some(last) = w.rec.closed().last() {
+                // The sampler may have stopped (it failed); the windows are still complete.
+                let _ = w.tick.send(last.clone());
+            }
+        }
+    }
+
     fn record(&mut self, p: &Pending, class: Class, detail: Option<String>, now: Instant) {
+        self.roll(now);
         let s = &mut self.stats;
         s.answered_all += 1;
         if class == Class::Ok {
@@ -171,6 +245,9 @@ impl Shared {
         self.last_measured_answer = Some(now);
         let ns = now.saturating_duration_since(p.scheduled).as_nanos() as u64;
         let ns = ns.clamp(1, LATENCY_MAX_NS);
+        if let Some(w) = self.windows.as_mut() {
+            w.rec.record(ns, class, p.op.kind.is_cold());
+        }
         s.latency.saturating_record(ns);
         let op = p.op.kind as usize;
         s.per_op[op].saturating_record(ns);
@@ -254,6 +331,11 @@ impl Conn {
 
 /// Runs `s` against its target on a new executor thread; blocks until the run ends.
 pub fn run(s: &Scenario, gen: Generator) -> Result<RunStats, String> {
+    run_with(s, gen, EngineOpts::default())
+}
+
+/// `run`, keeping what `opts` asks for.
+pub fn run_with(s: &Scenario, gen: Generator, opts: EngineOpts) -> Result<RunStats, String> {
     let placement = match s.core {
         Some(c) => glommio::Placement::Fixed(c),
         None => glommio::Placement::Unbound,
@@ -261,14 +343,14 @@ pub fn run(s: &Scenario, gen: Generator) -> Result<RunStats, String> {
     let s = s.clone();
     let handle = glommio::LocalExecutorBuilder::new(placement)
         .name("corepay-perf")
-        .spawn(move || async move { drive(s, gen).await })
+        .spawn(move || async move { drive(s, gen, opts).await })
         .map_err(|e| format!("cannot start the load executor: {e}"))?;
     handle
         .join()
         .map_err(|e| format!("load executor failed: {e}"))?
 }
 
-async fn drive(s: Scenario, gen: Generator) -> Result<RunStats, String> {
+async fn drive(s: Scenario, gen: Generator, opts: EngineOpts) -> Result<RunStats, String> {
     let shared = Rc::new(RefCell::new(Shared {
         queue: VecDeque::new(),
         gen,
@@ -282,6 +364,8 @@ async fn drive(s: Scenario, gen: Generator) -> Result<RunStats, String> {
         },
         last_measured_answer: None,
         in_flight: 0,
+        keep_approved_ids: opts.keep_approved_ids,
+        windows: None,
     }));
     let work = Rc::new(Event::new());
     let connected = Rc::new(RefCell::new(0usize));
@@ -320,9 +404,24 @@ async fn drive(s: Scenario, gen: Generator) -> Result<RunStats, String> {
     let total = total + warm;
     let t0 = Instant::now() + Duration::from_millis(10);
     let at = |k: u64| t0 + Duration::from_nanos((k as f64 * interval_ns) as u64);
+    if let Some(w) = opts.windows {
+        shared.borrow_mut().windows = Some(Windows {
+            start: at(warm),
+            rec: WindowRecorder::new(w.width),
+            tick: w.tick,
+        });
+    }
+    // When the open window ends (the dispatcher wakes for it, so windows close on time
+    // even when nothing is answered).
+    let window_end = |sh: &Shared| {
+        sh.windows
+            .as_ref()
+            .map(|w| w.start + Duration::from_nanos(w.rec.end_ns()))
+    };
     let mut k = 0u64;
     while k < total {
         let now = Instant::now();
+        shared.borrow_mut().roll(now);
         let due = if now < t0 {
             0
         } else {
@@ -340,6 +439,9 @@ async fn drive(s: Scenario, gen: Generator) -> Result<RunStats, String> {
                     sh.stats.scheduled += 1;
                     let lag = now.saturating_duration_since(scheduled).as_nanos() as u64;
                     sh.stats.dispatch_lag.saturating_record(lag.max(1));
+                    if let Some(w) = sh.windows.as_mut() {
+                        w.rec.dispatch_lag(lag);
+                    }
                 }
                 sh.queue.push_back(Pending {
                     scheduled,
@@ -351,7 +453,11 @@ async fn drive(s: Scenario, gen: Generator) -> Result<RunStats, String> {
             work.notify((due - k) as usize);
             k = due;
         } else {
-            glommio::timer::sleep(at(k).saturating_duration_since(now)).await;
+            let next = match window_end(&shared.borrow()) {
+                Some(end) => at(k).min(end),
+                None => at(k),
+            };
+            glommio::timer::sleep(next.saturating_duration_since(now)).await;
         }
     }
     shared.borrow_mut().dispatch_done = true;
@@ -366,10 +472,14 @@ async fn drive(s: Scenario, gen: Generator) -> Result<RunStats, String> {
         if done || Instant::now() >= drain_deadline {
             break;
         }
+        shared.borrow_mut().roll(Instant::now());
         glommio::timer::sleep(Duration::from_millis(1)).await;
     }
     let mut sh = shared.borrow_mut();
+    let end = Instant::now();
+    sh.roll(end);
     sh.stopped = true;
+    let backlog_at_end = sh.queue.len() as u64 + sh.in_flight;
     let unsent = sh.queue.len() as u64;
     sh.queue.clear();
     sh.stats.unsent_all += unsent;
@@ -382,6 +492,25 @@ async fn drive(s: Scenario, gen: Generator) -> Result<RunStats, String> {
     let measured_answers =
         sh.stats.ok + sh.stats.declined + sh.stats.shed + sh.stats.errors.values().sum::<u64>();
     sh.stats.achieved_rate = measured_answers as f64 / sh.stats.measured_s.max(1e-9);
+    sh.stats.cold_fallbacks = sh.gen.cold_fallbacks();
+    if let Some(w) = sh.windows.take() {
+        // What is still unsent or unanswered ends here: the last window's backlog.
+        let totals = Totals {
+            processed: sh.stats.answered_all,
+            created: sh.stats.payments_created_all,
+            backlog: backlog_at_end,
+        };
+        let at = end.saturating_duration_since(w.start).as_nanos() as u64;
+        let windows = w.rec.finish(at, totals);
+        if let Some(last) = windows.last() {
+            let _ = w.tick.send(last.clone());
+        }
+        sh.stats.schedule_end_s = end_of_schedule
+            .saturating_duration_since(w.start)
+            .as_secs_f64();
+        sh.stats.windows = windows;
+        // `w.tick` drops here: the sampler ends after the last window.
+    }
     let stats = std::mem::replace(&mut sh.stats, RunStats::new());
     drop(sh);
     work.notify(usize::MAX);
@@ -439,6 +568,7 @@ async fn connection(
         let finished = {
             let mut sh = shared.borrow_mut();
             let now = Instant::now();
+            sh.roll(now);
             for f in &lost {
                 sh.in_flight -= 1;
                 if sh.stopped {
@@ -448,6 +578,9 @@ async fn connection(
                 sh.stats.lost_all += 1;
                 if f.p.measured {
                     sh.last_measured_answer = Some(now);
+                    if let Some(w) = sh.windows.as_mut() {
+                        w.rec.lost();
+                    }
                     *sh.stats.errors.entry("connection_lost".into()).or_default() += 1;
                     sh.stats.per_op_counts[f.p.op.kind as usize][3] += 1;
                 }
@@ -601,7 +734,7 @@ fn http_answer(
                 _ => None,
             };
             if let Some(id) = id {
-                if creates {
+                if creates && sh.keep_approved_ids {
                     sh.stats.approved_ids.push((id.clone(), f.p.op.merchant));
                 }
                 sh.gen.approved(kind, f.p.op.merchant, Original::Http(id));
@@ -768,6 +901,12 @@ fn encode_http(sh: &Shared, op: &Op, out: &mut Vec<u8>) {
             ("POST", format!("/v1/payments/{id}/refunds"), String::new())
         }
         (OpKind::Balance, _) => ("GET", format!("/v1/accounts/{}", op.card), String::new()),
+        (OpKind::ColdRead, Some(Original::Http(id))) => {
+            ("GET", format!("/v1/payments/{id}"), String::new())
+        }
+        (OpKind::ColdRefund, Some(Original::Http(id))) => {
+            ("POST", format!("/v1/payments/{id}/refunds"), String::new())
+        }
         (kind, original) => unreachable!("{kind:?} without its original: {original:?}"),
     };
     // Balance inquiries read an account, which takes the admin key.
@@ -793,6 +932,9 @@ fn iso_message(sh: &Shared, c: &Conn, op: &Op, stan: [u8; 6], transmitted: [u8; 
         OpKind::Refund => (b"0200", b"200000"),
         OpKind::Capture => (b"0220", b"000000"),
         OpKind::Void => (b"0400", b"000000"),
+        OpKind::ColdRead | OpKind::ColdRefund => {
+            unreachable!("cold operations are HTTP only (Scenario::validate)")
+        }
     };
     let mut m = Message::new(*mti);
     m.set(3, processing);

@@ -4,8 +4,10 @@
 //! ```text
 //! corepay-perf run      [--scenario F] [flags] [--out DIR]   fixed rate for a duration
 //! corepay-perf sweep    [--scenario F] [flags] [--out DIR]   raise the rate until p99 > bound
+//! corepay-perf soak     [--scenario F] [flags] [--out DIR]   a fixed rate for millions of
+//!                       payments, window by window (--gateway-pid P | --start-gateway)
 //! corepay-perf compare  A.json B.json                        figures side by side, B/A
-//! corepay-perf plot     spectrum|sweep OUT.svg R.json...     SVG plots
+//! corepay-perf plot     spectrum|sweep|soak OUT.svg R.json... SVG plots
 //! corepay-perf responder --http ADDR --iso ADDR [--durable DIR] [--core N]
 //! corepay-perf suite    [--out DIR] [flags]                  every baseline, one table
 //! ```
@@ -18,7 +20,9 @@ mod plot;
 mod report;
 mod responder;
 mod scenario;
+mod soak;
 mod suite;
+mod window;
 mod workload;
 
 use cli::Args;
@@ -31,13 +35,14 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
         eprintln!(
-            "usage: corepay-perf run|sweep|compare|plot|responder|suite ... (see perf/README.md)"
+            "usage: corepay-perf run|sweep|soak|compare|plot|responder|suite ... (see perf/README.md)"
         );
         std::process::exit(2);
     };
     let result = Args::parse(rest.iter().cloned()).and_then(|a| match command.as_str() {
         "run" => cmd_run(&a),
         "sweep" => cmd_sweep(&a),
+        "soak" => soak::cmd_soak(&a),
         "compare" => cmd_compare(&a),
         "plot" => cmd_plot(&a),
         "responder" => cmd_responder(&a),
@@ -54,19 +59,19 @@ fn main() {
     }
 }
 
-fn out_dir(a: &Args) -> Result<PathBuf, String> {
+pub fn out_dir(a: &Args) -> Result<PathBuf, String> {
     let dir = PathBuf::from(a.get("out").unwrap_or("perf/results"));
     std::fs::create_dir_all(&dir).map_err(|e| format!("--out {}: {e}", dir.display()))?;
     Ok(dir)
 }
 
-fn now_unix() -> u64 {
+pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn write(path: &Path, text: &str) -> Result<(), String> {
+pub fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -272,7 +277,7 @@ fn cmd_compare(a: &Args) -> Result<i32, String> {
 fn cmd_plot(a: &Args) -> Result<i32, String> {
     a.finish()?;
     let [what, out, files @ ..] = a.positional.as_slice() else {
-        return Err("usage: corepay-perf plot spectrum|sweep OUT.svg RESULT.json...".into());
+        return Err("usage: corepay-perf plot spectrum|sweep|soak OUT.svg RESULT.json...".into());
     };
     let loaded = files
         .iter()
@@ -284,7 +289,7 @@ fn cmd_plot(a: &Args) -> Result<i32, String> {
                 .into_iter()
                 .filter_map(|r| match r {
                     AnyResult::Run(r) => Some(*r),
-                    AnyResult::Sweep(_) => None,
+                    _ => None,
                 })
                 .collect();
             plot::spectrum(&runs)
@@ -294,12 +299,22 @@ fn cmd_plot(a: &Args) -> Result<i32, String> {
                 .into_iter()
                 .filter_map(|r| match r {
                     AnyResult::Sweep(s) => Some(s),
-                    AnyResult::Run(_) => None,
+                    _ => None,
                 })
                 .collect();
             plot::sweeps(&sweeps)
         }
-        _ => return Err(format!("plot {what:?}: spectrum or sweep")),
+        "soak" => {
+            let soaks: Vec<soak::SoakResult> = loaded
+                .into_iter()
+                .filter_map(|r| match r {
+                    AnyResult::Soak(s) => Some(*s),
+                    _ => None,
+                })
+                .collect();
+            plot::soak(&soaks)
+        }
+        _ => return Err(format!("plot {what:?}: spectrum, sweep or soak")),
     };
     write(Path::new(out), &svg)?;
     Ok(0)

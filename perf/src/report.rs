@@ -248,7 +248,7 @@ impl RunResult {
         for (name, r) in &self.per_op {
             let _ = writeln!(
                 o,
-                "  {name:<9} ok {:>8} declined {:>6} shed {:>6} errors {:>6}  p50 {:.3} p99 {:.3} ms",
+                "  {name:<11} ok {:>8} declined {:>6} shed {:>6} errors {:>6}  p50 {:.3} p99 {:.3} ms",
                 r.ok,
                 r.declined,
                 r.shed,
@@ -401,10 +401,11 @@ impl SweepResult {
     }
 }
 
-/// Either kind of result file.
+/// Any kind of result file.
 pub enum AnyResult {
     Run(Box<RunResult>),
     Sweep(SweepResult),
+    Soak(Box<crate::soak::SoakResult>),
 }
 
 pub fn load(path: &str) -> Result<AnyResult, String> {
@@ -417,12 +418,27 @@ pub fn load(path: &str) -> Result<AnyResult, String> {
         Some("sweep") => Ok(AnyResult::Sweep(
             serde_json::from_value(v).map_err(|e| format!("{path}: {e}"))?,
         )),
+        Some("soak") => Ok(AnyResult::Soak(Box::new(
+            serde_json::from_value(v).map_err(|e| format!("{path}: {e}"))?,
+        ))),
         _ => Err(format!("{path}: not a corepay-perf result")),
     }
 }
 
 /// `compare A.json B.json`: each figure side by side with B/A.
 pub fn compare(a: &AnyResult, b: &AnyResult) -> Result<String, String> {
+    if let (AnyResult::Soak(a), AnyResult::Soak(b)) = (a, b) {
+        let both = [(**a).clone(), (**b).clone()];
+        let mut o = crate::soak::side_by_side(&both);
+        let (x, y) = (a.run.latency.max, b.run.latency.max);
+        let ratio = if x > 0.0 {
+            format!("{:.3}", y / x)
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(o, "{:<30} {ratio:>22}", "B/A max latency");
+        return Ok(o);
+    }
     let rows: Vec<(&str, f64, f64)> = match (a, b) {
         (AnyResult::Run(a), AnyResult::Run(b)) => {
             let mut rows = vec![
@@ -441,7 +457,7 @@ pub fn compare(a: &AnyResult, b: &AnyResult) -> Result<String, String> {
                 b.sustainable_rate,
             )]
         }
-        _ => return Err("compare two runs or two sweeps".into()),
+        _ => return Err("compare two runs, two sweeps or two soaks".into()),
     };
     let (la, lb) = (label(a), label(b));
     let mut o = format!("{:<22} {:>14} {:>14} {:>8}\n", "", la, lb, "B/A");
@@ -460,6 +476,7 @@ fn label(r: &AnyResult) -> String {
     let l = match r {
         AnyResult::Run(r) => &r.label,
         AnyResult::Sweep(s) => &s.label,
+        AnyResult::Soak(s) => &s.label,
     };
     l.chars().take(14).collect()
 }

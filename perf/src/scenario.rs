@@ -52,6 +52,7 @@ pub struct Scenario {
     pub workload: Workload,
     pub mix: Mix,
     pub sweep: Sweep,
+    pub soak: Soak,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -72,6 +73,9 @@ pub struct Workload {
     /// Payment amounts are drawn uniformly from 1.00 up to this many minor units.
     pub max_amount_minor: u64,
     pub seed: u64,
+    /// Cold operations act on payments approved at least this many approved payments
+    /// earlier (choose it above what the gateway's memory window holds).
+    pub cold_after: u64,
 }
 
 /// Relative weights of the operations.
@@ -84,6 +88,11 @@ pub struct Mix {
     pub void: u32,
     pub refund: u32,
     pub balance: u32,
+    /// `GET /v1/payments/{id}` of a payment approved `workload.cold_after` payments ago.
+    pub cold_read: u32,
+    /// Refund (the whole captured amount) of a captured payment approved
+    /// `workload.cold_after` payments ago, each once.
+    pub cold_refund: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -100,6 +109,16 @@ pub struct Sweep {
     /// After the first failing step, bisect between the last good and the first bad rate
     /// this many times.
     pub refine: u32,
+}
+
+/// `corepay-perf soak`: a fixed rate for many payments, reported window by window.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Soak {
+    /// Requests to schedule after the warm-up (0: `duration_s` decides).
+    pub payments: u64,
+    /// Width of a reporting window (ms).
+    pub window_ms: u64,
 }
 
 impl Default for Scenario {
@@ -122,6 +141,7 @@ impl Default for Scenario {
             workload: Workload::default(),
             mix: Mix::default(),
             sweep: Sweep::default(),
+            soak: Soak::default(),
         }
     }
 }
@@ -139,6 +159,7 @@ impl Default for Workload {
             hot_merchant: 0.0,
             max_amount_minor: 10_000,
             seed: 1,
+            cold_after: 1_000_000,
         }
     }
 }
@@ -152,6 +173,8 @@ impl Default for Mix {
             void: 0,
             refund: 0,
             balance: 0,
+            cold_read: 0,
+            cold_refund: 0,
         }
     }
 }
@@ -165,6 +188,15 @@ impl Default for Sweep {
             max_rate: 1_000_000.0,
             step_s: 10.0,
             refine: 3,
+        }
+    }
+}
+
+impl Default for Soak {
+    fn default() -> Soak {
+        Soak {
+            payments: 0,
+            window_ms: 1000,
         }
     }
 }
@@ -222,6 +254,7 @@ impl Scenario {
             "cross-shard" => s.workload.cross_shard,
             "hot-merchant" => s.workload.hot_merchant,
             "seed" => s.workload.seed,
+            "cold-after" => s.workload.cold_after,
             "start-rate" => s.sweep.start_rate,
             "factor" => s.sweep.factor,
             "p99-bound-ms" => s.sweep.p99_bound_ms,
@@ -285,6 +318,18 @@ impl Scenario {
         if self.mix.total() == 0 {
             return bad("mix", "at least one operation with a weight");
         }
+        if self.mix.cold_read + self.mix.cold_refund > 0 && self.protocol != Protocol::Http {
+            return bad(
+                "mix.cold_read",
+                "cold operations are HTTP only (ISO 8583 names no payment by id)",
+            );
+        }
+        if self.workload.cold_after == 0 {
+            return bad("workload.cold_after", "at least 1");
+        }
+        if !(100..=3_600_000).contains(&self.soak.window_ms) {
+            return bad("soak.window_ms", "100 to 3600000");
+        }
         if self.sweep.factor.partial_cmp(&1.0) != Some(std::cmp::Ordering::Greater)
             || self.sweep.start_rate.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         {
@@ -296,10 +341,17 @@ impl Scenario {
 
 impl Mix {
     pub fn total(&self) -> u32 {
-        self.authorize + self.sale + self.capture + self.void + self.refund + self.balance
+        self.authorize
+            + self.sale
+            + self.capture
+            + self.void
+            + self.refund
+            + self.balance
+            + self.cold_read
+            + self.cold_refund
     }
 
-    /// `authorize=60,sale=20,capture=10,void=5,refund=5` (missing names weigh 0).
+    /// `authorize=60,sale=20,capture=10,void=5,refund=5,cold_read=2` (missing names weigh 0).
     pub fn parse(text: &str) -> Result<Mix, String> {
         let mut m = Mix {
             authorize: 0,
@@ -317,6 +369,8 @@ impl Mix {
                 "void" => m.void = v,
                 "refund" => m.refund = v,
                 "balance" => m.balance = v,
+                "cold_read" => m.cold_read = v,
+                "cold_refund" => m.cold_refund = v,
                 _ => return Err(format!("--mix: unknown operation {k:?}")),
             }
         }
@@ -363,5 +417,18 @@ mod tests {
             .contains("refnd"));
         let m = Mix::parse("sale=3,balance=1").unwrap();
         assert_eq!((m.authorize, m.sale, m.balance, m.total()), (0, 3, 1, 4));
+        let m = Mix::parse("sale=8,cold_read=1,cold_refund=1").unwrap();
+        assert_eq!((m.cold_read, m.cold_refund, m.total()), (1, 1, 10));
+        let e = toml::from_str::<Scenario>("[soak]\npayment = 3\n").unwrap_err();
+        assert!(e.message().contains("payment"), "{e}");
+        let s = Scenario {
+            protocol: Protocol::Iso8583,
+            mix: m,
+            ..Scenario::default()
+        };
+        assert!(s.validate().unwrap_err().starts_with("mix.cold_read: "));
+        let mut s = Scenario::default();
+        s.soak.window_ms = 10;
+        assert_eq!(s.validate().unwrap_err(), "soak.window_ms: 100 to 3600000");
     }
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ADMIN_KEY: &str = "ak_corepay_perf_suite_0001";
+pub const ADMIN_KEY: &str = "ak_corepay_perf_suite_0001";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -31,13 +31,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 4] = [
         Kind::Responder,
         Kind::DurableResponder,
         Kind::CorepayNoSync,
         Kind::Corepay,
     ];
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Responder => "do-nothing responder",
             Kind::DurableResponder => "responder + group-committed fdatasync",
@@ -45,7 +45,7 @@ impl Kind {
             Kind::Corepay => "corepay",
         }
     }
-    fn slug(self) -> &'static str {
+    pub fn slug(self) -> &'static str {
         match self {
             Kind::Responder => "responder",
             Kind::DurableResponder => "durable-responder",
@@ -72,6 +72,31 @@ struct Opts {
     pg: String,
     callgrind_requests: u64,
     only: Option<String>,
+}
+
+impl Opts {
+    fn launch(&self) -> Launch {
+        Launch {
+            corepay: self.corepay.clone(),
+            me: self.me.clone(),
+            server_core: self.server_core,
+            port_base: self.port_base,
+            state: Vec::new(),
+        }
+    }
+}
+
+/// How servers under test are started (the suite's and the soak's).
+pub struct Launch {
+    /// The corepay binary, and this one (for the responders).
+    pub corepay: PathBuf,
+    pub me: PathBuf,
+    /// The one core each server runs on.
+    pub server_core: usize,
+    /// Ports are taken from here up, four per start.
+    pub port_base: u16,
+    /// Extra `[state]` keys of corepay's config (key, TOML value).
+    pub state: Vec<(String, String)>,
 }
 
 /// One row of the table.
@@ -178,7 +203,7 @@ pub fn cmd_suite(a: &Args) -> Result<i32, String> {
         // 1. Sweeps: the highest sustainable rate of every target.
         let mut sweeps: Vec<(Kind, Protocol, SweepResult)> = Vec::new();
         for kind in Kind::ALL {
-            let server = Server::start(&o, kind, &work)?;
+            let server = Server::start(&o.launch(), kind, &work)?;
             for protocol in [Protocol::Http, Protocol::Iso8583] {
                 let s = scenario(&o, &server, kind, protocol);
                 let mut p = prepare(&s, true)?;
@@ -194,7 +219,7 @@ pub fn cmd_suite(a: &Args) -> Result<i32, String> {
         }
         // 2. Every target at half of corepay's sustainable rate, per protocol.
         for kind in Kind::ALL {
-            let server = Server::start(&o, kind, &work)?;
+            let server = Server::start(&o.launch(), kind, &work)?;
             for protocol in [Protocol::Http, Protocol::Iso8583] {
                 let corepay_rate = sweeps
                     .iter()
@@ -321,21 +346,22 @@ fn scenario(o: &Opts, server: &Server, kind: Kind, protocol: Protocol) -> Scenar
 }
 
 /// A server under test: a child process, stopped (SIGTERM, then waited for) on `stop`.
-struct Server {
+pub struct Server {
     child: Child,
-    http: SocketAddr,
-    iso: SocketAddr,
-    metrics: Option<SocketAddr>,
+    pub http: SocketAddr,
+    pub iso: SocketAddr,
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Server {
-    fn start(o: &Opts, kind: Kind, work: &Path) -> Result<Server, String> {
+    /// Starts `kind` with its data in `work/<slug>` (emptied first); waits until ready.
+    pub fn start(o: &Launch, kind: Kind, work: &Path) -> Result<Server, String> {
         Server::start_with(o, kind, work, None)
     }
 
     /// `wrapper`: a command to run the server under (callgrind).
     fn start_with(
-        o: &Opts,
+        o: &Launch,
         kind: Kind,
         work: &Path,
         wrapper: Option<&[String]>,
@@ -373,7 +399,7 @@ impl Server {
                 } else {
                     "none"
                 };
-                let config = format!(
+                let mut config = format!(
                     "[server]\nshards = 1\npin_cores = true\ncores = [{}]\ndata_dir = \"{}\"\n\n\
                      [http]\nlisten = \"{http}\"\n\n[operator]\nlisten = \"{metrics}\"\n\n\
                      [iso8583]\nlisten = \"{iso}\"\n\n[wal]\nsync = \"{sync}\"\n\n\
@@ -381,6 +407,12 @@ impl Server {
                     o.server_core,
                     dir.join("data").display(),
                 );
+                if !o.state.is_empty() {
+                    config.push_str("\n[state]\n");
+                    for (k, v) in &o.state {
+                        config.push_str(&format!("{k} = {v}\n"));
+                    }
+                }
                 let path = dir.join("corepay.toml");
                 write(&path, &config)?;
                 vec![
@@ -438,11 +470,11 @@ impl Server {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn stop(mut self) -> Result<(), String> {
+    pub fn stop(mut self) -> Result<(), String> {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -604,7 +636,7 @@ fn instructions(
         "--tool=callgrind".into(),
         format!("--callgrind-out-file={}", out_file.display()),
     ];
-    let server = Server::start_with(o, kind, work, Some(&wrapper))?;
+    let server = Server::start_with(&o.launch(), kind, work, Some(&wrapper))?;
     let mut s = scenario(o, &server, kind, protocol);
     s.label = format!("callgrind-{}", s.label);
     s.connections = 1;

@@ -1,6 +1,7 @@
 //! The workload: provisioning through corepay's own bulk path, and the stream of
-//! operations (authorize, sale, capture, void, refund, balance inquiry) drawn from the
-//! scenario's mix, merchant skew and cross-shard share. Deterministic for a seed.
+//! operations (authorize, sale, capture, void, refund, balance inquiry, and the cold read
+//! and refund of payments approved long ago) drawn from the scenario's mix, merchant skew
+//! and cross-shard share. Deterministic for a seed (and the order of answers).
 
 use crate::admin::Admin;
 use crate::scenario::{Scenario, Target};
@@ -14,9 +15,21 @@ pub const EXP_MONTH: u8 = 12;
 pub const EXP_YEAR: u16 = 2030;
 /// Payments kept for later captures, voids and refunds; the oldest are forgotten.
 const POOL_MAX: usize = 100_000;
+/// Payments kept for cold operations, per queue (refundable, read-only): 24 bytes each, so
+/// at most 48 MiB of the harness's memory however long a soak runs. The oldest leave first.
+const COLD_MAX: usize = 1 << 20;
 
 /// The operations of a mix, in report order.
-pub const OPS: [&str; 6] = ["authorize", "sale", "capture", "void", "refund", "balance"];
+pub const OPS: [&str; 8] = [
+    "authorize",
+    "sale",
+    "capture",
+    "void",
+    "refund",
+    "balance",
+    "cold_read",
+    "cold_refund",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpKind {
@@ -26,6 +39,29 @@ pub enum OpKind {
     Void = 3,
     Refund = 4,
     Balance = 5,
+    /// `GET /v1/payments/{id}` of a payment approved at least `cold_after` approvals ago.
+    ColdRead = 6,
+    /// `POST /v1/payments/{id}/refunds` (the whole captured amount) of a captured payment
+    /// approved at least `cold_after` approvals ago; each such payment is refunded once.
+    ColdRefund = 7,
+}
+
+impl OpKind {
+    const ALL: [OpKind; 8] = [
+        OpKind::Authorize,
+        OpKind::Sale,
+        OpKind::Capture,
+        OpKind::Void,
+        OpKind::Refund,
+        OpKind::Balance,
+        OpKind::ColdRead,
+        OpKind::ColdRefund,
+    ];
+
+    /// Acts on a payment that should have left the gateway's memory.
+    pub fn is_cold(self) -> bool {
+        matches!(self, OpKind::ColdRead | OpKind::ColdRefund)
+    }
 }
 
 /// A payment the load approved earlier, as each protocol names it.
@@ -221,19 +257,33 @@ impl Rng {
 pub struct Generator {
     world: World,
     rng: Rng,
-    weights: [u32; 6],
+    weights: [u32; 8],
     total: u32,
     cross_shard: f64,
     hot_merchant: f64,
     max_amount: u64,
     authorized: VecDeque<(usize, Original)>,
     captured: VecDeque<(usize, Original)>,
+    /// Payments set aside for cold operations (None: the mix has none).
+    cold: Option<ColdPool>,
+    /// Cold operations drawn when no payment was old enough (sent as authorizations).
+    cold_fallbacks: u64,
 }
 
 impl Generator {
     pub fn new(s: &Scenario, world: World) -> Generator {
         let m = &s.mix;
-        let weights = [m.authorize, m.sale, m.capture, m.void, m.refund, m.balance];
+        let weights = [
+            m.authorize,
+            m.sale,
+            m.capture,
+            m.void,
+            m.refund,
+            m.balance,
+            m.cold_read,
+            m.cold_refund,
+        ];
+        let cold = (m.cold_read + m.cold_refund > 0).then(|| ColdPool::new(s.workload.cold_after));
         Generator {
             world,
             rng: Rng::new(s.workload.seed),
@@ -244,7 +294,14 @@ impl Generator {
             max_amount: s.workload.max_amount_minor,
             authorized: VecDeque::new(),
             captured: VecDeque::new(),
+            cold,
+            cold_fallbacks: 0,
         }
+    }
+
+    /// Cold operations that found no payment old enough and went out as authorizations.
+    pub fn cold_fallbacks(&self) -> u64 {
+        self.cold_fallbacks
     }
 
     pub fn world(&self) -> &World {
@@ -256,14 +313,7 @@ impl Generator {
         let mut kind = OpKind::Authorize;
         for (i, w) in self.weights.iter().enumerate() {
             if pick < *w {
-                kind = [
-                    OpKind::Authorize,
-                    OpKind::Sale,
-                    OpKind::Capture,
-                    OpKind::Void,
-                    OpKind::Refund,
-                    OpKind::Balance,
-                ][i];
+                kind = OpKind::ALL[i];
                 break;
             }
             pick -= w;
@@ -271,8 +321,16 @@ impl Generator {
         let pooled = match kind {
             OpKind::Capture | OpKind::Void => self.authorized.pop_front(),
             OpKind::Refund => self.captured.pop_front(),
+            OpKind::ColdRead => {
+                let (cold, rng) = (&mut self.cold, &mut self.rng);
+                cold.as_mut().and_then(|c| c.read(rng))
+            }
+            OpKind::ColdRefund => self.cold.as_mut().and_then(ColdPool::refund),
             _ => None,
         };
+        if kind.is_cold() && pooled.is_none() {
+            self.cold_fallbacks += 1;
+        }
         if let Some((merchant, original)) = pooled {
             let (card, amount) = match &original {
                 Original::Iso { card, amount, .. } => (*card, *amount),
@@ -286,8 +344,9 @@ impl Generator {
                 original: Some(original),
             };
         }
-        if matches!(kind, OpKind::Capture | OpKind::Void | OpKind::Refund) {
-            // Nothing approved yet to act on: authorize instead (counted as authorize).
+        if !matches!(kind, OpKind::Authorize | OpKind::Sale | OpKind::Balance) {
+            // Nothing approved (or nothing old enough) to act on: authorize instead
+            // (counted as authorize).
             kind = OpKind::Authorize;
         }
         let merchant = self.merchant();
@@ -332,8 +391,15 @@ impl Generator {
         bucket[self.rng.below(bucket.len() as u64) as usize]
     }
 
-    /// An approved answer: remember what later operations can act on.
+    /// An approved answer: remember what later operations can act on. With cold
+    /// operations in the mix, some approvals are set aside for them instead (never acted on
+    /// by the hot operations, so a cold refund never meets a payment refunded already).
     pub fn approved(&mut self, kind: OpKind, merchant: usize, original: Original) {
+        if let Some(cold) = &mut self.cold {
+            if !cold.offer(kind, merchant, &original) {
+                return;
+            }
+        }
         let pool = match kind {
             OpKind::Authorize => &mut self.authorized,
             OpKind::Sale | OpKind::Capture => &mut self.captured,
@@ -344,6 +410,133 @@ impl Generator {
         }
         pool.push_back((merchant, original));
     }
+}
+
+/// A payment set aside for cold operations: its id `pay_<shard>_<seq>`, its merchant, and
+/// how many approved payment creations preceded its own approval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Aged {
+    ordinal: u64,
+    seq: u64,
+    shard: u16,
+    merchant: u32,
+}
+
+impl Aged {
+    fn original(&self) -> (usize, Original) {
+        (
+            self.merchant as usize,
+            Original::Http(format!("pay_{}_{}", self.shard, self.seq)),
+        )
+    }
+}
+
+/// Payments approved long ago, for cold reads and refunds.
+///
+/// Every `stride`-th approval (of a creation or a capture) is set aside here, in approval
+/// order, instead of the hot pools; it becomes *old enough* once `after` more payment
+/// creations have been approved. The stride keeps the immature part of a queue within half
+/// of `COLD_MAX` (so the queue always holds old-enough payments once the run is long
+/// enough), and is at least 2, so the hot operations keep at least half the approvals.
+struct ColdPool {
+    after: u64,
+    stride: u64,
+    /// Approved payment creations so far (authorizations and sales).
+    approvals: u64,
+    /// Approvals offered (creations and captures) since the last one set aside.
+    offered: u64,
+    /// Captured payments (sales, captured authorizations): cold refunds and cold reads.
+    refundable: VecDeque<Aged>,
+    /// Authorizations: cold reads only (a hold may expire; reading it is still cold).
+    readable: VecDeque<Aged>,
+}
+
+impl ColdPool {
+    fn new(after: u64) -> ColdPool {
+        assert!(after >= 1, "cold_after is at least 1 (Scenario::validate)");
+        let stride = (2 * after).div_ceil(COLD_MAX as u64).max(2);
+        ColdPool {
+            after,
+            stride,
+            approvals: 0,
+            offered: 0,
+            refundable: VecDeque::new(),
+            readable: VecDeque::new(),
+        }
+    }
+
+    /// Takes an approval for cold operations (false) or leaves it to the hot pools (true).
+    fn offer(&mut self, kind: OpKind, merchant: usize, original: &Original) -> bool {
+        if matches!(kind, OpKind::Authorize | OpKind::Sale) {
+            self.approvals += 1;
+        }
+        if !matches!(kind, OpKind::Authorize | OpKind::Sale | OpKind::Capture) {
+            return true;
+        }
+        let Original::Http(id) = original else {
+            return true;
+        };
+        let Some((shard, seq)) = parse_payment_id(id) else {
+            return true;
+        };
+        self.offered += 1;
+        if self.offered < self.stride {
+            return true;
+        }
+        self.offered = 0;
+        let queue = if kind == OpKind::Authorize {
+            &mut self.readable
+        } else {
+            &mut self.refundable
+        };
+        if queue.len() >= COLD_MAX {
+            queue.pop_front();
+        }
+        debug_assert!(queue.back().is_none_or(|b| b.ordinal <= self.approvals));
+        queue.push_back(Aged {
+            ordinal: self.approvals,
+            seq,
+            shard,
+            merchant: merchant as u32,
+        });
+        false
+    }
+
+    /// How many payments at the front of `q` are old enough.
+    fn mature(&self, q: &VecDeque<Aged>) -> usize {
+        q.partition_point(|a| a.ordinal + self.after <= self.approvals)
+    }
+
+    /// The oldest captured payment old enough, taken (each is refunded once).
+    fn refund(&mut self) -> Option<(usize, Original)> {
+        if self.mature(&self.refundable) == 0 {
+            return None;
+        }
+        self.refundable.pop_front().map(|a| a.original())
+    }
+
+    /// Any payment old enough, chosen uniformly (reads leave it in place).
+    fn read(&mut self, rng: &mut Rng) -> Option<(usize, Original)> {
+        let (r, a) = (self.mature(&self.refundable), self.mature(&self.readable));
+        if r + a == 0 {
+            return None;
+        }
+        let i = rng.below((r + a) as u64) as usize;
+        let aged = if i < r {
+            self.refundable[i]
+        } else {
+            self.readable[i - r]
+        };
+        Some(aged.original())
+    }
+}
+
+/// `pay_<shard>_<seq>` (corepay's payment ids) as (shard, seq).
+fn parse_payment_id(id: &str) -> Option<(u16, u64)> {
+    let (shard, seq) = id.strip_prefix("pay_")?.split_once('_')?;
+    let parsed = (shard.parse().ok()?, seq.parse().ok()?);
+    // Only ids that are written back exactly as they were read.
+    (format!("pay_{}_{}", parsed.0, parsed.1) == id).then_some(parsed)
 }
 
 /// Minor units as the currency's decimal text ("12.34").
@@ -416,6 +609,121 @@ mod tests {
         assert_eq!((op.kind, op.merchant), (OpKind::Capture, 2));
         assert!(matches!(op.original, Some(Original::Http(ref id)) if id == "pay_0_7"));
         assert_eq!(g.next_op().kind, OpKind::Authorize, "used once");
+    }
+
+    fn http(id: &str) -> Original {
+        Original::Http(id.to_string())
+    }
+
+    fn id_of(op: &Op) -> &str {
+        match &op.original {
+            Some(Original::Http(id)) => id,
+            other => panic!("{:?} without an HTTP original: {other:?}", op.kind),
+        }
+    }
+
+    #[test]
+    fn cold_operations_take_only_payments_approved_long_enough_ago() {
+        let mut s = Scenario {
+            mix: crate::scenario::Mix::parse("cold_refund=1").unwrap(),
+            ..Scenario::default()
+        };
+        s.workload.cold_after = 3;
+        let mut g = Generator::new(&s, world(1));
+        // Nothing approved yet: a cold refund goes out as an authorization, counted.
+        assert_eq!(g.next_op().kind, OpKind::Authorize);
+        assert_eq!(g.cold_fallbacks(), 1);
+        // Sales 1..=6 approved: every second one (stride 2) is set aside for cold
+        // operations, the others stay with the hot refunds.
+        for n in 1..=6 {
+            g.approved(OpKind::Sale, n % 4, http(&format!("pay_0_{n}")));
+        }
+        assert_eq!(g.captured.len(), 3, "the hot pool keeps the others");
+        // Set aside: pay_0_2 (after 2 approvals), pay_0_4 (4), pay_0_6 (6). With 6
+        // approvals and cold_after 3, pay_0_2 is old enough, pay_0_4 is not (4 + 3 > 6).
+        let op = g.next_op();
+        assert_eq!(
+            (op.kind, id_of(&op), op.merchant),
+            (OpKind::ColdRefund, "pay_0_2", 2)
+        );
+        assert_eq!(g.next_op().kind, OpKind::Authorize, "each refunded once");
+        assert_eq!(g.cold_fallbacks(), 2);
+        // One more approval ages pay_0_4 past the mark.
+        g.approved(OpKind::Authorize, 1, http("pay_0_7"));
+        let op = g.next_op();
+        assert_eq!((op.kind, id_of(&op)), (OpKind::ColdRefund, "pay_0_4"));
+        // Hot refunds never see a payment set aside.
+        let hot: Vec<String> = g
+            .captured
+            .iter()
+            .map(|(_, o)| match o {
+                Original::Http(id) => id.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(hot, ["pay_0_1", "pay_0_3", "pay_0_5"]);
+    }
+
+    #[test]
+    fn cold_reads_choose_among_old_payments_and_leave_them_in_place() {
+        let mut s = Scenario {
+            mix: crate::scenario::Mix::parse("cold_read=1").unwrap(),
+            ..Scenario::default()
+        };
+        s.workload.cold_after = 100;
+        let mut g = Generator::new(&s, world(2));
+        for n in 1..=400u64 {
+            let kind = if n % 3 == 0 {
+                OpKind::Authorize
+            } else {
+                OpKind::Sale
+            };
+            g.approved(kind, 0, http(&format!("pay_1_{n}")));
+        }
+        // Set aside every second approval; old enough: approved within the first 300.
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let op = g.next_op();
+            assert_eq!(op.kind, OpKind::ColdRead);
+            let n: u64 = id_of(&op)["pay_1_".len()..].parse().unwrap();
+            assert!(
+                n <= 300 && n & 1 == 0,
+                "pay_1_{n} is not an old, set-aside payment"
+            );
+            seen.insert(n);
+        }
+        assert_eq!(
+            seen.len(),
+            150,
+            "reads spread over every old payment, both queues"
+        );
+        assert_eq!(g.cold_fallbacks(), 0);
+    }
+
+    #[test]
+    fn without_cold_operations_nothing_is_set_aside() {
+        let mut g = Generator::new(&Scenario::default(), world(1));
+        for n in 1..=10 {
+            g.approved(OpKind::Sale, 0, http(&format!("pay_0_{n}")));
+        }
+        assert_eq!(g.captured.len(), 10);
+        assert!(g.cold.is_none());
+    }
+
+    #[test]
+    fn payment_ids_round_trip_or_are_not_used_cold() {
+        assert_eq!(parse_payment_id("pay_3_123456789"), Some((3, 123_456_789)));
+        assert_eq!(parse_payment_id("pay_0_0"), Some((0, 0)));
+        assert_eq!(parse_payment_id("pay_0_007"), None);
+        assert_eq!(parse_payment_id("pay_x_1"), None);
+        assert_eq!(parse_payment_id("pi_1_2"), None);
+        assert_eq!(parse_payment_id("pay_1"), None);
+        // The stride keeps the immature part of a queue within half of it.
+        assert_eq!(ColdPool::new(3).stride, 2);
+        assert_eq!(ColdPool::new(1_000_000).stride, 2);
+        assert_eq!(ColdPool::new(10_000_000).stride, 20);
+        let p = ColdPool::new(10_000_000);
+        assert!(p.after / p.stride <= COLD_MAX as u64 / 2);
     }
 
     #[test]
