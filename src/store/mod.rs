@@ -56,6 +56,9 @@ const META_CHANGES_BYTES: &str = "changes_bytes";
 /// Version of the rows' encoding (postcard of the ledger's types); bump with any change.
 pub const STORE_FORMAT: u64 = 1;
 
+/// A store's accounts and payments as of an LSN (`Store::export`).
+pub type Export = (Lsn, Vec<(AccountId, Account)>, Vec<Payment>);
+
 /// One record's effects as the change log keeps them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Change {
@@ -331,7 +334,7 @@ impl Store {
 
     /// Every account and payment, and the LSN they are as of, from one consistent read
     /// (reconciliation; O(state), never on a request path).
-    pub fn export(&self) -> Result<(Lsn, Vec<(AccountId, Account)>, Vec<Payment>), StoreError> {
+    pub fn export(&self) -> Result<Export, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
         let meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
