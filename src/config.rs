@@ -194,6 +194,11 @@ pub struct State {
     pub min_free_mb: u64,
     /// Payments the shard's window holds; 0 = derived from cache_mb (for tuning and tests).
     pub window_payments: usize,
+    /// Accounts (and cards) per shard that tables are sized for at start: provisioning past
+    /// it grows a table at once (a pause on that shard).
+    pub accounts_per_shard: usize,
+    /// Merchants per shard that the merchant table is sized for at start.
+    pub merchants_per_shard: usize,
 }
 
 impl Default for State {
@@ -205,6 +210,8 @@ impl Default for State {
             read_timeout_ms: 50,
             min_free_mb: 256,
             window_payments: 0,
+            accounts_per_shard: 1_000_000,
+            merchants_per_shard: 65_536,
         }
     }
 }
@@ -411,7 +418,7 @@ impl Default for Idempotency {
     fn default() -> Self {
         Idempotency {
             retention_secs: 86_400,
-            max_keys_per_shard: 1_000_000,
+            max_keys_per_shard: 262_144,
         }
     }
 }
@@ -539,6 +546,12 @@ impl Config {
         }
         if st.window_payments != 0 && !(64..=1 << 30).contains(&st.window_payments) {
             return Err(bad("state.window_payments", "must be 0 or 64..=1073741824"));
+        }
+        if st.accounts_per_shard > 1 << 32 || st.merchants_per_shard > 1 << 32 {
+            return Err(bad(
+                "state.accounts_per_shard",
+                "must be at most 4294967296",
+            ));
         }
         if st.min_free_mb > 1 << 30 {
             return Err(bad("state.min_free_mb", "must be at most 1073741824"));

@@ -240,6 +240,20 @@ impl Ledger {
         }
     }
 
+    /// Sizes the tables of what is provisioned for `accounts` accounts and cards and
+    /// `merchants` merchants, so that provisioning up to there never rehashes a table under
+    /// a request (the memory is reserved, and touched only as rows arrive).
+    pub fn reserve(&mut self, accounts: usize, merchants: usize) {
+        self.accounts
+            .reserve(accounts.saturating_sub(self.accounts.len()));
+        self.cards
+            .reserve(accounts.saturating_sub(self.cards.len()));
+        self.cards_by_hash
+            .reserve(accounts.saturating_sub(self.cards_by_hash.len()));
+        self.merchants
+            .reserve(merchants.saturating_sub(self.merchants.len()));
+    }
+
     /// Starts recording what changes (for the store writer).
     pub fn track_changes(&mut self) {
         self.changes = Some(Box::default());

@@ -140,7 +140,7 @@ fn try_recover_shard(
         sinks,
         max_retained_bytes: config.replication.max_retained_bytes,
     };
-    let (writer, recovery) = StoreWriter::recover(
+    let (mut writer, recovery) = StoreWriter::recover(
         store.clone(),
         ShardId(shard),
         shards,
@@ -148,7 +148,14 @@ fn try_recover_shard(
         writer_config,
         progress,
     )?;
-    let ledger = writer.ledger().clone_without_payments(window);
+    let (accounts, merchants) = (
+        config.state.accounts_per_shard,
+        config.state.merchants_per_shard,
+    );
+    // Reserve after the copy: a copy of a reserved table would touch all of it.
+    let mut ledger = writer.ledger().clone_without_payments(window);
+    writer.reserve(accounts, merchants);
+    ledger.reserve(accounts, merchants);
     Ok(RecoveredShard {
         ledger,
         writer,

@@ -204,6 +204,11 @@ impl StoreWriter {
         self.applied
     }
 
+    /// Sizes the writer's tables of what is provisioned (`Ledger::reserve`).
+    pub fn reserve(&mut self, accounts: usize, merchants: usize) {
+        self.ledger.reserve(accounts, merchants);
+    }
+
     /// Runs the writer on its own thread until `stop` is set and everything durable is in
     /// the store, checkpointed. While free space is low it applies and commits nothing.
     pub fn spawn(
