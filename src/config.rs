@@ -194,10 +194,11 @@ pub struct State {
     pub min_free_mb: u64,
     /// Payments the shard's window holds; 0 = derived from cache_mb (for tuning and tests).
     pub window_payments: usize,
-    /// Accounts (and cards) per shard that tables are sized for at start: provisioning past
-    /// it grows a table at once (a pause on that shard).
+    /// Accounts (and cards) per shard that tables are sized for at start (0: what is
+    /// recovered): provisioning past it grows a table at once (a pause on that shard).
+    /// Reserved memory becomes resident as rows land in it.
     pub accounts_per_shard: usize,
-    /// Merchants per shard that the merchant table is sized for at start.
+    /// Merchants per shard that the merchant table is sized for at start (0: as recovered).
     pub merchants_per_shard: usize,
 }
 
@@ -210,8 +211,8 @@ impl Default for State {
             read_timeout_ms: 50,
             min_free_mb: 256,
             window_payments: 0,
-            accounts_per_shard: 1_000_000,
-            merchants_per_shard: 65_536,
+            accounts_per_shard: 0,
+            merchants_per_shard: 0,
         }
     }
 }

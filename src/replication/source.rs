@@ -5,6 +5,7 @@
 use crate::domain::Lsn;
 use crate::wal::format::{
     decode_batch, parse_segment_name, segment_name, FormatError, BATCH_BYTES_MAX,
+    BATCH_HEADER_BYTES, BLOCK,
 };
 use std::fs::File;
 use std::io;
@@ -60,8 +61,7 @@ impl WalTail {
                 return Ok(returned);
             }
             let file = self.segment.as_ref().expect("opened above");
-            self.window.resize(BATCH_BYTES_MAX, 0);
-            let n = read_at_most(file, &mut self.window, self.offset)?;
+            let n = read_batch(file, &mut self.window, self.offset)?;
             match decode_batch(&self.window[..n]) {
                 Ok(Some(batch)) => {
                     if batch.first_lsn() != self.next_lsn {
@@ -122,7 +122,7 @@ impl WalTail {
             // Resuming inside a segment: walk its batches to the one holding next_lsn.
             self.offset = 0;
             loop {
-                let n = read_at_most(&file, &mut self.window, self.offset)?;
+                let n = read_batch(&file, &mut self.window, self.offset)?;
                 match decode_batch(&self.window[..n]) {
                     Ok(Some(b)) if b.last_lsn() < self.next_lsn => {
                         self.offset += b.encoded_len() as u64
@@ -147,9 +147,29 @@ impl WalTail {
     }
 }
 
-/// Reads up to `buf.len()` bytes at `offset`; fewer at the end of the file.
-fn read_at_most(file: &File, buf: &mut Vec<u8>, offset: u64) -> io::Result<usize> {
+/// Reads the batch at `offset`: its first block, then as much more as its header says the
+/// batch takes (at most `BATCH_BYTES_MAX`), so that a small batch costs one small read.
+/// Returns the bytes read (fewer at the end of the file).
+fn read_batch(file: &File, buf: &mut Vec<u8>, offset: u64) -> io::Result<usize> {
     buf.resize(BATCH_BYTES_MAX, 0);
+    let first = read_into(file, &mut buf[..BLOCK], offset)?;
+    if first < BATCH_HEADER_BYTES {
+        return Ok(first);
+    }
+    let body = u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes")) as usize;
+    let want = (BATCH_HEADER_BYTES + body)
+        .div_ceil(BLOCK)
+        .saturating_mul(BLOCK)
+        .clamp(BLOCK, BATCH_BYTES_MAX);
+    if want == BLOCK || first < BLOCK {
+        return Ok(first);
+    }
+    let more = read_into(file, &mut buf[BLOCK..want], offset + BLOCK as u64)?;
+    Ok(BLOCK + more)
+}
+
+/// Fills `buf` from `offset` as far as the file goes; returns the bytes read.
+fn read_into(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read_at(&mut buf[filled..], offset + filled as u64) {

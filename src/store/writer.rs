@@ -34,8 +34,10 @@ use std::time::{Duration, Instant};
 
 /// Records applied per store commit at most (bounds a commit's size and its memory).
 pub const COMMIT_RECORDS_MAX: usize = 4096;
-/// How often an idle writer looks for newly durable records.
+/// How often a writer looks for newly durable records: soon after it last found some, and
+/// backing off to `POLL_IDLE` while there are none (an idle gateway stays idle).
 const POLL: Duration = Duration::from_millis(1);
+const POLL_IDLE: Duration = Duration::from_millis(20);
 /// Wait between attempts after a failed commit (disk full, I/O error).
 const RETRY: Duration = Duration::from_millis(200);
 /// Change-log entries one commit deletes at most.
@@ -228,6 +230,7 @@ impl StoreWriter {
     fn run(mut self, durable: &AtomicU64, stop: &AtomicBool) {
         let mut tail = WalTail::at(&self.wal_dir, Lsn(self.applied.0 + 1));
         let mut failing = false;
+        let mut poll = POLL;
         loop {
             let durable_lsn = Lsn(durable.load(Ordering::Acquire));
             let stopping = stop.load(Ordering::Acquire);
@@ -262,9 +265,11 @@ impl StoreWriter {
                     }
                     return;
                 }
-                std::thread::sleep(if space_low { RETRY } else { POLL });
+                std::thread::sleep(if space_low { RETRY } else { poll });
+                poll = (poll * 2).min(POLL_IDLE);
                 continue;
             }
+            poll = POLL;
             match self.apply_backlog(checkpoint_due) {
                 Ok(()) => {
                     if failing {
