@@ -609,6 +609,9 @@ impl Batch<'_> {
         } else {
             Durability::None
         });
+        // A checkpoint also saves redb's allocator state, so that opening the file after a
+        // crash does not walk every page to rebuild it (restart time bounded, not O(store)).
+        txn.set_quick_repair(durable);
         txn.commit().map_err(|e| err(p, "commit", e))
     }
 }
