@@ -1347,7 +1347,8 @@ impl Ledger {
     }
 }
 
-fn view_account(id: AccountId, a: &Account) -> AccountView {
+/// An account as the API and replication show it.
+pub fn view_account(id: AccountId, a: &Account) -> AccountView {
     AccountView {
         id,
         currency: a.currency,

@@ -27,15 +27,8 @@ pub fn states(stores: &[Arc<Store>]) -> Result<Vec<ShardState>, String> {
             Ok(ShardState {
                 applied,
                 accounts: accounts
-                    .into_iter()
-                    .map(|(id, a)| crate::ledger::AccountView {
-                        id,
-                        currency: a.currency,
-                        balance: a.balance,
-                        held: a.held,
-                        floor: a.floor,
-                        status: a.status,
-                    })
+                    .iter()
+                    .map(|(id, a)| crate::ledger::state::view_account(*id, a))
                     .collect(),
                 payments: payments.into_iter().map(|p| p.view).collect(),
             })
