@@ -200,6 +200,9 @@ pub struct State {
     pub accounts_per_shard: usize,
     /// Merchants per shard that the merchant table is sized for at start (0: as recovered).
     pub merchants_per_shard: usize,
+    /// CPUs the store writer and reader threads run on; keep them off the shards' cores.
+    /// Empty = any CPU.
+    pub cores: Vec<usize>,
 }
 
 impl Default for State {
@@ -213,6 +216,7 @@ impl Default for State {
             window_payments: 0,
             accounts_per_shard: 0,
             merchants_per_shard: 0,
+            cores: vec![],
         }
     }
 }
@@ -598,6 +602,19 @@ impl Config {
                 ));
             }
         }
+        if self.server.pin_cores && !self.state.cores.is_empty() {
+            let shard_cores: Vec<usize> = if self.server.cores.is_empty() {
+                (0..self.shard_count() as usize).collect()
+            } else {
+                self.server.cores.clone()
+            };
+            if let Some(c) = self.state.cores.iter().find(|c| shard_cores.contains(c)) {
+                return Err(bad(
+                    "state.cores",
+                    format!("core {c} runs a shard; store threads must stay off shard cores"),
+                ));
+            }
+        }
         if r.redis_stream.is_empty() {
             return Err(bad("replication.redis_stream", "must not be empty"));
         }
@@ -694,6 +711,7 @@ mod tests {
                 "[server]\nshards = 2\n[replication]\ncores = [1]",
                 "replication.cores",
             ),
+            ("[server]\nshards = 2\n[state]\ncores = [0]", "state.cores"),
             (
                 "[replication]\npostgres_url = \"mysql://x\"",
                 "replication.postgres_url",

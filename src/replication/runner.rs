@@ -66,7 +66,7 @@ impl Runner {
         std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                pin_to(&self.cores);
+                crate::affinity::pin_thread(&self.cores, "a replication thread");
                 self.run(sink.as_mut())
             })
             .expect("spawn a replication thread")
@@ -235,26 +235,5 @@ impl Runner {
             std::thread::sleep(Duration::from_millis(10).min(*backoff));
         }
         *backoff = (*backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-/// Restricts the calling thread to `cores` (nothing when empty).
-fn pin_to(cores: &[usize]) {
-    if cores.is_empty() {
-        return;
-    }
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it for indices
-    // below CPU_SETSIZE, which the check guarantees; sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in cores.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
-            libc::CPU_SET(c, &mut set);
-        }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            warn!(
-                "cannot pin a replication thread to cores {cores:?}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
     }
 }

@@ -419,6 +419,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             store_stop.clone(),
             space.clone(),
             format!("corepay-store-{k}"),
+            config.state.cores.clone(),
         ));
     }
     let store_handles = stores.clone();
@@ -432,6 +433,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                 config.state.read_threads,
                 Duration::from_millis(config.state.read_timeout_ms),
                 &format!("corepay-store-{k}"),
+                &config.state.cores,
             )
         })
         .collect();

@@ -158,14 +158,18 @@ pub fn spawn_readers(
     threads: usize,
     timeout: Duration,
     name: &str,
+    cores: &[usize],
 ) -> StoreReader {
     assert!(threads >= 1);
     let (jobs, queue) = bounded::<Job>(READ_QUEUE_MAX);
     for i in 0..threads {
-        let (store, queue) = (store.clone(), queue.clone());
+        let (store, queue, cores) = (store.clone(), queue.clone(), cores.to_vec());
         std::thread::Builder::new()
             .name(format!("{name}-read-{i}"))
-            .spawn(move || serve(&store, &queue))
+            .spawn(move || {
+                crate::affinity::pin_thread(&cores, "a store reader");
+                serve(&store, &queue)
+            })
             .expect("spawn a store reader");
     }
     StoreReader {

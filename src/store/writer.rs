@@ -219,11 +219,15 @@ impl StoreWriter {
         stop: Arc<AtomicBool>,
         space: Arc<Space>,
         name: String,
+        cores: Vec<usize>,
     ) -> std::thread::JoinHandle<()> {
         self.space = Some(space);
         std::thread::Builder::new()
             .name(name)
-            .spawn(move || self.run(&durable, &stop))
+            .spawn(move || {
+                crate::affinity::pin_thread(&cores, "a store writer");
+                self.run(&durable, &stop)
+            })
             .expect("spawn the store writer")
     }
 
