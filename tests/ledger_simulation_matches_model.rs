@@ -78,7 +78,8 @@ impl Twin {
                 }
             }
         }
-        for seq in self.writer.needs_payments(cmd) {
+        let needed: Vec<u64> = self.writer.needs_payments(cmd).collect();
+        for seq in needed {
             if !self.writer.payment_held(seq) {
                 let p = self.store[&seq].clone();
                 if self.writer.load_payment(seq, p).is_err() {
@@ -137,7 +138,8 @@ impl Twin {
                     }
                 }
             }
-            for seq in self.shard.needs_payments(cmd) {
+            let needed: Vec<u64> = self.shard.needs_payments(cmd).collect();
+            for seq in needed {
                 if !self.shard.payment_held(seq) {
                     self.cold_loads += 1;
                     let p = self

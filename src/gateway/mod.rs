@@ -199,7 +199,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
 
     /// Logs `cmd`, applies it, and returns its outcome once the record is durable.
     pub async fn execute(&self, cmd: Command) -> Result<Outcome, ServiceError> {
-        let needed = self.ledger.borrow().needs_payments(&cmd);
+        // Collecting nothing allocates nothing: most commands need no payment loaded.
+        let needed: Vec<u64> = self.ledger.borrow().needs_payments(&cmd).collect();
         for seq in needed {
             self.ensure_held(seq).await?;
         }

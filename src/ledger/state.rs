@@ -357,21 +357,23 @@ impl Ledger {
     }
 
     /// The existing payments `cmd` reads or changes: each must be held before `apply`.
-    pub fn needs_payments(&self, cmd: &Command) -> Vec<u64> {
-        let mut seqs = match cmd {
+    /// Allocates nothing (it runs for every command, more than once).
+    pub fn needs_payments<'a>(&'a self, cmd: &'a Command) -> impl Iterator<Item = u64> + 'a {
+        let (one, many): (Option<u64>, &[u64]) = match cmd {
             Command::Capture { payment, .. }
             | Command::Void { payment, .. }
             | Command::ReduceAuthorization { payment, .. }
-            | Command::RefundLocal { payment, .. } => vec![*payment],
+            | Command::RefundLocal { payment, .. } => (Some(*payment), &[]),
             Command::ApplyCredit { credit, .. } => match credit.purpose {
-                CreditPurpose::RefundReturn { payment_seq } => vec![payment_seq],
-                CreditPurpose::Transfer | CreditPurpose::Settlement { .. } => vec![],
+                CreditPurpose::RefundReturn { payment_seq } => (Some(payment_seq), &[]),
+                CreditPurpose::Transfer | CreditPurpose::Settlement { .. } => (None, &[]),
             },
-            Command::ExpireHolds { payments, .. } => payments.clone(),
-            _ => vec![],
+            Command::ExpireHolds { payments, .. } => (None, payments.as_slice()),
+            _ => (None, &[]),
         };
-        seqs.retain(|&s| self.payment_exists(s));
-        seqs
+        one.into_iter()
+            .chain(many.iter().copied())
+            .filter(|&s| self.payment_exists(s))
     }
 
     /// False when applying `cmd` now would need a window slot that is not free: the caller
@@ -383,10 +385,7 @@ impl Ledger {
         idem_room
             && transfer_room
             && (!new_payment || self.payments.has_room(self.next_payment))
-            && self
-                .needs_payments(cmd)
-                .iter()
-                .all(|&s| self.payments.contains(s))
+            && self.needs_payments(cmd).all(|s| self.payments.contains(s))
     }
 
     /// Uncaptured authorizations due at `now`, found by scanning held payments: for ledgers

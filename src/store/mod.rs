@@ -25,9 +25,7 @@ pub mod writer;
 use crate::domain::{AccountId, Lsn, Millis, ShardId};
 use crate::ledger::state::{Account, Card, IdemRecord, Merchant, Payment, Scalars};
 use crate::ledger::{Changes, Credit, Hash16, Ledger, MerchantId, Snapshot, TransferView};
-use redb::{
-    Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
-};
+use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -362,16 +360,6 @@ impl Store {
             payments.push(decode::<Payment>(p, "payment", v.value())?);
         }
         Ok((applied, accounts, payments))
-    }
-
-    /// Payments stored (for metrics and tests).
-    pub fn payments_stored(&self) -> Result<u64, StoreError> {
-        let p = &self.path;
-        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
-        let table = txn
-            .open_table(PAYMENTS)
-            .map_err(|e| err(p, "payments", e))?;
-        table.len().map_err(|e| err(p, "payments", e))
     }
 
     /// Starts a batch of changes.

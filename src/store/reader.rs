@@ -85,11 +85,6 @@ impl StoreReader {
         self.timeout
     }
 
-    /// Jobs waiting for a reader.
-    pub fn queued(&self) -> usize {
-        self.jobs.len()
-    }
-
     pub async fn payment(&self, seq: u64) -> Result<Option<Payment>, ReadError> {
         match self.ask(Query::Payment(seq)).await? {
             Answer::Payment(p) => Ok(p),

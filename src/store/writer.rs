@@ -144,13 +144,12 @@ impl StoreWriter {
             unsaved: Changes::default(),
             backlog: VecDeque::new(),
             unsaved_changes: Vec::new(),
-            changes_bytes: 0,
+            changes_bytes,
             space: None,
             applied: checkpoint,
             committed: checkpoint,
             last_checkpoint: Instant::now(),
         };
-        writer.changes_bytes = changes_bytes;
         let mut failure: Option<StoreError> = None;
         let mut pending: Vec<(Lsn, Command)> = Vec::new();
         let from = Lsn(checkpoint.0 + 1);
@@ -200,10 +199,6 @@ impl StoreWriter {
     /// The writer's ledger: the shard's working ledger is a copy of it after recovery.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
-    }
-
-    pub fn applied(&self) -> Lsn {
-        self.applied
     }
 
     /// Sizes the writer's tables of what is provisioned (`Ledger::reserve`).
@@ -353,7 +348,8 @@ impl StoreWriter {
                 }
             }
         }
-        for seq in self.ledger.needs_payments(cmd) {
+        let needed: Vec<u64> = self.ledger.needs_payments(cmd).collect();
+        for seq in needed {
             if self.ledger.payment_held(seq) {
                 continue;
             }
