@@ -565,10 +565,10 @@ impl Config {
             return Err(bad("state.read_timeout_ms", "must be 1..=60000"));
         }
         let r = &self.replication;
-        if r.max_retained_bytes < 1 << 20 {
+        if r.max_retained_bytes < 1 << 16 {
             return Err(bad(
                 "replication.max_retained_bytes",
-                "must be at least 1048576",
+                "must be at least 65536",
             ));
         }
         if r.batch_records == 0 || r.batch_records > 100_000 {

@@ -81,7 +81,14 @@ pub fn snapshot() -> (Vec<LatencySummary>, [u64; 6]) {
 }
 
 /// Renders every shard's figures as Prometheus text exposition.
-pub fn render(stats: &[crate::gateway::msg::ShardStats]) -> String {
+pub fn render(
+    stats: &[crate::gateway::msg::ShardStats],
+    sinks: &[(
+        &'static str,
+        crate::domain::ShardId,
+        std::sync::Arc<crate::replication::runner::SinkStatus>,
+    )],
+) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(4096);
     let mut gauge =
@@ -180,6 +187,7 @@ pub fn render(stats: &[crate::gateway::msg::ShardStats]) -> String {
     gauge("http_requests_total", "HTTP requests handled.", &|s| {
         s.requests
     });
+    replication(&mut out, stats, sinks);
     let _ = writeln!(
         out,
         "# HELP corepay_http_latency_micros HTTP latency percentiles per endpoint."
@@ -218,4 +226,67 @@ pub fn render(stats: &[crate::gateway::msg::ShardStats]) -> String {
         }
     }
     out
+}
+
+/// One series per (sink, shard): how far behind the sink is, whether it is cut off from the
+/// change log (and being re-seeded), and what happened to it.
+fn replication(
+    out: &mut String,
+    stats: &[crate::gateway::msg::ShardStats],
+    sinks: &[(
+        &'static str,
+        crate::domain::ShardId,
+        std::sync::Arc<crate::replication::runner::SinkStatus>,
+    )],
+) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::SeqCst;
+    type Read = dyn Fn(&crate::replication::runner::SinkStatus, u64) -> u64;
+    let series: [(&str, &str, &str, &Read); 5] = [
+        ("replication_stored_lsn", "gauge", "Last LSN the sink has stored.", &|s, _| {
+            s.stored.load(SeqCst)
+        }),
+        (
+            "replication_lag_records",
+            "gauge",
+            "Durable WAL records the sink has not stored yet.",
+            &|s, durable| durable.saturating_sub(s.stored.load(SeqCst)),
+        ),
+        (
+            "replication_consecutive_failures",
+            "gauge",
+            "Failures since the sink last stored a batch (0: healthy).",
+            &|s, _| s.failures.load(SeqCst),
+        ),
+        (
+            "replication_gap",
+            "gauge",
+            "1 while the sink needs records the change log no longer has (it is being re-seeded from the store).",
+            &|s, _| u64::from(s.gap.load(SeqCst)),
+        ),
+        (
+            "replication_reseeds_total",
+            "counter",
+            "Times the sink was re-seeded from the store (a full copy, then the change log).",
+            &|s, _| s.reseeds.load(SeqCst),
+        ),
+    ];
+    if sinks.is_empty() {
+        return;
+    }
+    for (name, kind, help, read) in series {
+        let _ = writeln!(out, "# HELP corepay_{name} {help}");
+        let _ = writeln!(out, "# TYPE corepay_{name} {kind}");
+        for (sink, shard, status) in sinks {
+            let durable = stats
+                .iter()
+                .find(|s| s.shard == shard.0)
+                .map_or(0, |s| s.wal_durable_lsn);
+            let _ = writeln!(
+                out,
+                "corepay_{name}{{sink=\"{sink}\",shard=\"{shard}\"}} {}",
+                read(status, durable)
+            );
+        }
+    }
 }

@@ -38,6 +38,44 @@ pub trait Sink: Send {
     /// Stores `batch` (consecutive records of `shard`, in LSN order, all after `progress`)
     /// and the new progress (the last record's LSN) atomically: all or nothing.
     fn apply(&mut self, shard: ShardId, batch: &[Record]) -> Result<(), SinkError>;
+    /// Replaces what the sink holds of `seed.shard` with `seed` (the shard's whole state as
+    /// of `seed.at`) and stores progress `seed.at`, atomically: all or nothing. Called when
+    /// the sink needs records the change log no longer has; replication then goes on from
+    /// `seed.at + 1`. A sink whose progress already reached `seed.at` changes nothing.
+    fn reseed(&mut self, seed: &mut Seed<'_>) -> Result<(), SinkError>;
+}
+
+/// One shard's whole state at one LSN, for `Sink::reseed`: what provisioning made, in full,
+/// and the payments in pieces (there may be millions).
+pub struct Seed<'a> {
+    pub shard: ShardId,
+    /// The LSN this state is as of (the store's applied LSN when it was read).
+    pub at: Lsn,
+    /// The first LSN the sink needed and the change log no longer had.
+    pub missing_from: Lsn,
+    /// When the copy was taken (wall clock).
+    pub time: Millis,
+    pub accounts: Vec<crate::ledger::AccountView>,
+    pub cards: Vec<crate::ledger::CardFacts>,
+    pub merchants: Vec<crate::ledger::effects::MerchantRow>,
+    /// Per currency, what the shard's own journal entries for its treasury and for money in
+    /// flight between shards sum to (`CurrencyTotals`: treasury, and sent - received).
+    pub positions: Vec<(crate::domain::Currency, i64, i64)>,
+    /// The next (up to) n payments, in order; empty when all were given.
+    pub payments: &'a mut dyn FnMut(usize) -> Result<Vec<crate::ledger::PaymentView>, SinkError>,
+}
+
+impl fmt::Debug for Seed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Seed {{ shard {}, at {}, missing from {}, {} accounts }}",
+            self.shard.0,
+            self.at.0,
+            self.missing_from.0,
+            self.accounts.len()
+        )
+    }
 }
 
 /// Why a sink could not store a batch; the runner backs off and retries.
@@ -51,6 +89,10 @@ impl fmt::Display for SinkError {
 }
 
 impl std::error::Error for SinkError {}
+
+/// (sink name, shard, status) of every runner, shared with the operator's /metrics.
+pub type SinkStatuses =
+    std::sync::Arc<Vec<(&'static str, ShardId, std::sync::Arc<runner::SinkStatus>)>>;
 
 /// The running sinks: one runner thread per (sink, shard).
 pub struct Replicators {

@@ -9,7 +9,7 @@
 //!
 //! Events never carry a PAN: the card is "<BIN>******<last4>", which is all a record has.
 
-use super::{Record, Sink, SinkError};
+use super::{Record, Seed, Sink, SinkError};
 use crate::domain::{format_amount, Lsn, Millis, ShardId};
 use crate::ledger::command::{PaymentStatus, PaymentView};
 use crate::ledger::effects::{Effects, JournalAccount};
@@ -95,6 +95,50 @@ impl Sink for RedisSink {
         })
     }
 
+    /// A stream is a feed of changes, not a copy of state: a re-seed publishes one
+    /// `replication.reseed` event (`reseed_event`) and moves the progress, in one MULTI/EXEC.
+    fn reseed(&mut self, seed: &mut Seed<'_>) -> Result<(), SinkError> {
+        let key = self.progress_key(seed.shard);
+        let (stream, maxlen) = (self.stream.clone(), self.maxlen);
+        let event = reseed_event(seed);
+        let at = seed.at.0;
+        self.with_conn("store a re-seed", |conn| {
+            let (stored,): (Option<u64>,) = redis::pipe()
+                .cmd("WATCH")
+                .arg(&key)
+                .ignore()
+                .cmd("GET")
+                .arg(&key)
+                .query(conn)
+                .map_err(|e| format!("WATCH/GET {key}: {e}"))?;
+            if stored.unwrap_or(0) >= at {
+                redis::cmd("UNWATCH")
+                    .exec(conn)
+                    .map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            let xadd = pipe.cmd("XADD").arg(&stream);
+            if maxlen > 0 {
+                xadd.arg("MAXLEN").arg("~").arg(maxlen);
+            }
+            xadd.arg("*");
+            for (field, value) in &event {
+                xadd.arg(*field).arg(value);
+            }
+            xadd.ignore();
+            pipe.cmd("SET").arg(&key).arg(at).ignore();
+            let reply: redis::Value = pipe.query(conn).map_err(|e| e.to_string())?;
+            if reply == redis::Value::Nil {
+                return Err(format!(
+                    "{key} changed during the transaction (another writer?): aborted, nothing stored"
+                ));
+            }
+            Ok(())
+        })
+    }
+
     fn apply(&mut self, shard: ShardId, batch: &[Record]) -> Result<(), SinkError> {
         let Some(last) = batch.last() else {
             return Ok(());
@@ -152,6 +196,22 @@ impl Sink for RedisSink {
             Ok(())
         })
     }
+}
+
+/// The event a re-seed publishes in place of the events of records `missing_from..=lsn`,
+/// which the stream will never carry: a consumer that sees it rebuilds what it derives from
+/// the stream from PostgreSQL or the API. Its event id "<shard>-<lsn>-reseed" is stable
+/// across retries.
+pub fn reseed_event(seed: &Seed<'_>) -> Event {
+    vec![
+        ("event_id", format!("{}-{}-reseed", seed.shard.0, seed.at.0)),
+        ("type", "replication.reseed".to_string()),
+        ("missing_from", seed.missing_from.0.to_string()),
+        ("time", rfc3339(seed.time.0)),
+        ("time_ms", seed.time.0.to_string()),
+        ("shard", seed.shard.0.to_string()),
+        ("lsn", seed.at.0.to_string()),
+    ]
 }
 
 /// The events one record publishes, in order; event `n` gets `event_id` "<shard>-<lsn>-<n>".
@@ -672,6 +732,42 @@ mod tests {
             .or_else(|| e.get("transfer_id"))
             .cloned()
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_reseed_is_one_event_and_moves_the_progress_once() {
+        let mut t = TestStream::new("reseed");
+        let mut sink = t.sink(0);
+        assert_eq!(sink.progress(SHARD).unwrap(), Lsn(0));
+        let mut none = |_: usize| Ok(Vec::new());
+        let mut seed = Seed {
+            shard: SHARD,
+            at: Lsn(500),
+            missing_from: Lsn(1),
+            time: Millis(NOW),
+            accounts: Vec::new(),
+            cards: Vec::new(),
+            merchants: Vec::new(),
+            positions: Vec::new(),
+            payments: &mut none,
+        };
+        sink.reseed(&mut seed).unwrap();
+        assert_eq!(sink.progress(SHARD).unwrap(), Lsn(500));
+        // Retried after a lost reply: nothing more.
+        sink.reseed(&mut seed).unwrap();
+        assert_eq!(t.len(), 1);
+        let e = &t.entries()[0];
+        assert_eq!(e["type"], "replication.reseed");
+        assert_eq!(e["event_id"], "0-500-reseed");
+        assert_eq!(e["missing_from"], "1");
+        assert_eq!(e["lsn"], "500");
+        // Records up to the re-seed are not published again.
+        let (records, _) = scenario();
+        let old: Vec<Record> = records.iter().filter(|r| r.lsn.0 <= 500).cloned().collect();
+        if !old.is_empty() {
+            sink.apply(SHARD, &old).unwrap();
+        }
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

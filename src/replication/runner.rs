@@ -7,7 +7,7 @@
 //! while it waits); the gateway never waits for it. Lag is logged while it grows.
 
 use crate::domain::{Lsn, ShardId};
-use crate::replication::{Record, Sink};
+use crate::replication::{Record, Seed, Sink, SinkError};
 use crate::store::reader::StoreProgress;
 use crate::store::Store;
 use crate::{info, warn};
@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 /// Shortest and longest wait before retrying a failed sink.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often a runner that found a gap looks again.
-const GAP_RETRY: Duration = Duration::from_secs(5);
 /// How often an idle runner looks for new durable records.
 const POLL: Duration = Duration::from_millis(2);
 /// How often lag is logged while it is above `LAG_LOG_RECORDS`.
@@ -32,8 +30,11 @@ pub struct SinkStatus {
     /// Last LSN the sink has stored (shared with the store writer, which keeps the change log
     /// until every sink has stored it).
     pub stored: Arc<AtomicU64>,
-    /// Set when the sink needs records the change log no longer has.
+    /// Set while the sink needs records the change log no longer has (until a re-seed
+    /// from the store succeeds).
     pub gap: AtomicBool,
+    /// Re-seeds from the store completed.
+    pub reseeds: AtomicU64,
     /// Consecutive failures (0 = healthy).
     pub failures: AtomicU64,
     /// Wall-clock millis when the batch now being stored was handed to the sink (0 = none):
@@ -120,9 +121,16 @@ impl Runner {
                 match self.read(next, room, &mut pending) {
                     Ok(Some(after)) => next = after,
                     Ok(None) => {
-                        self.gap(sink.name(), next);
-                        std::thread::sleep(GAP_RETRY);
-                        connected = false;
+                        match self.reseed(sink, next) {
+                            Ok(at) => {
+                                pending.clear();
+                                next = Lsn(at.0 + 1);
+                            }
+                            Err(e) => {
+                                connected = false;
+                                self.fail(sink.name(), &e, &mut backoff, &mut rng);
+                            }
+                        }
                         continue;
                     }
                     Err(e) => {
@@ -196,20 +204,80 @@ impl Runner {
         Ok(Some(after))
     }
 
-    /// Says (once) that this sink needs records the change log no longer has.
-    fn gap(&self, sink: &str, from: Lsn) {
-        if !self.status.gap.swap(true, Ordering::SeqCst) {
-            let oldest = self.store.oldest_change().ok().flatten();
-            crate::error!(
-                "{sink} shard {}: needs records from lsn {} but the change log {}: the sink \
-                 fell further behind than replication.max_retained_bytes, or was configured \
-                 after those records were written. It stays stopped here (re-seeding a sink \
-                 from the store is not implemented yet); the gateway keeps serving",
-                self.shard,
-                from.0,
-                oldest.map_or("is empty".to_string(), |o| format!("begins at lsn {}", o.0))
-            );
-        }
+    /// The sink needs `from`, which the change log no longer has (it fell further behind than
+    /// `replication.max_retained_bytes`, or was configured after those records were written):
+    /// copies the shard's whole state from the store, as of the store's applied LSN, into the
+    /// sink, and returns that LSN (replication goes on after it). Says so in the log, before
+    /// and after, and in the status (`gap` while it runs, `reseeds` when done).
+    fn reseed(&self, sink: &mut dyn Sink, from: Lsn) -> Result<Lsn, String> {
+        let name = sink.name();
+        self.status.gap.store(true, Ordering::SeqCst);
+        let oldest = self.store.oldest_change().ok().flatten();
+        let started = Instant::now();
+        let mut reader = self.store.seed().map_err(|e| e.to_string())?;
+        crate::warn!(
+            "{name} shard {}: needs records from lsn {} but the change log {}; re-seeding it \
+             from the store: a full copy as of lsn {} ({} accounts), then the change log from \
+             there. The gateway keeps serving",
+            self.shard,
+            from.0,
+            oldest.map_or("is empty".to_string(), |o| format!("begins at lsn {}", o.0)),
+            reader.at.0,
+            reader.accounts.len()
+        );
+        let at = reader.at;
+        assert!(
+            at.0 + 1 >= from.0,
+            "a gap is only found below what the store applied"
+        );
+        let positions = reader
+            .totals
+            .iter()
+            .map(|(c, t)| (*c, t.treasury, t.sent - t.received))
+            .collect();
+        let accounts = std::mem::take(&mut reader.accounts);
+        let cards = std::mem::take(&mut reader.cards);
+        let merchants = std::mem::take(&mut reader.merchants);
+        let mut payments_read = 0u64;
+        let mut next_payments = |n: usize| {
+            let chunk = reader.payments(n).map_err(|e| SinkError(e.to_string()))?;
+            payments_read += chunk.len() as u64;
+            Ok(chunk)
+        };
+        let mut seed = Seed {
+            shard: self.shard,
+            at,
+            missing_from: from,
+            time: crate::gateway::system_clock(),
+            accounts,
+            cards,
+            merchants,
+            positions,
+            payments: &mut next_payments,
+        };
+        self.status
+            .apply_started
+            .store(crate::gateway::system_clock().0, Ordering::SeqCst);
+        let result = sink.reseed(&mut seed);
+        self.status.apply_started.store(0, Ordering::SeqCst);
+        let accounts = seed.accounts.len();
+        drop(seed);
+        result.map_err(|e| format!("re-seeding: {e}"))?;
+        self.status.stored.store(at.0, Ordering::SeqCst);
+        self.status.gap.store(false, Ordering::SeqCst);
+        self.status.reseeds.fetch_add(1, Ordering::SeqCst);
+        info!(
+            "{name} shard {}: re-seeded as of lsn {} ({accounts} accounts, {payments_read} \
+             payments) in {:.1} s; records {}..={} were summed, not stored one by one; \
+             replicating from lsn {}",
+            self.shard,
+            at.0,
+            started.elapsed().as_secs_f64(),
+            from.0,
+            at.0,
+            at.0 + 1
+        );
+        Ok(at)
     }
 
     /// Counts a failure and sleeps the back-off (with jitter), doubling it up to the cap.

@@ -258,6 +258,7 @@ impl OperatorServer {
         ready: Box<dyn Fn() -> bool>,
         admin_key: &str,
         reconcile: crate::shard::server::Reconcile,
+        sinks: crate::replication::SinkStatuses,
     ) -> std::io::Result<OperatorServer> {
         let listener = TcpListener::bind(listen)?;
         let ready: Rc<dyn Fn() -> bool> = Rc::from(ready);
@@ -265,7 +266,7 @@ impl OperatorServer {
         let task = glommio::spawn_local(async move {
             while let Ok(stream) = listener.accept().await {
                 let (gateway, ready) = (gateway.clone(), ready.clone());
-                let (admin, reconcile) = (admin.clone(), reconcile.clone());
+                let (admin, reconcile, sinks) = (admin.clone(), reconcile.clone(), sinks.clone());
                 glommio::spawn_local(async move {
                     let mut reader = RequestReader::new(stream, Limits::default());
                     let Some(Ok(req)) = within(Duration::from_secs(5), reader.next()).await else {
@@ -276,7 +277,7 @@ impl OperatorServer {
                         "/readyz" if ready() => (200, "ready\n".to_string()),
                         "/readyz" => (503, "starting\n".to_string()),
                         "/metrics" => match gateway.all_stats().await {
-                            Ok(stats) => (200, crate::metrics::render(&stats)),
+                            Ok(stats) => (200, crate::metrics::render(&stats, &sinks)),
                             Err(_) => (503, "unavailable\n".to_string()),
                         },
                         "/reconcile" => {

@@ -462,6 +462,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
                 .and_then(|states| crate::replication::reconcile::compare(&config, &states))
         })
     };
+    let sinks: crate::replication::SinkStatuses = Arc::new(replication.statuses.clone());
     let parts = ledgers.into_iter().zip(recovered).zip(indexes).zip(stores);
     for (k, (((ledger, rec), idem), reader)) in parts.enumerate() {
         let placement = if config.server.pin_cores {
@@ -484,6 +485,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
             durable: durables[k].clone(),
             reader,
             reconcile: reconcile.clone(),
+            sinks: sinks.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("corepay-shard-{k}"))
@@ -537,6 +539,8 @@ struct ShardCtx {
     durable: Arc<AtomicU64>,
     reader: Stores,
     reconcile: Reconcile,
+    /// Every replication runner's status, for /metrics.
+    sinks: crate::replication::SinkStatuses,
 }
 
 async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
@@ -555,6 +559,7 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         durable,
         reader,
         reconcile,
+        sinks,
     } = ctx;
     let (senders, receivers) = mesh
         .join()
@@ -647,6 +652,7 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
             Box::new(ready_fn),
             &admin_key,
             reconcile,
+            sinks,
         )
         .map_err(|e| format!("operator.listen {}: {e}", config.operator.listen))?;
         Some(op)

@@ -362,6 +362,79 @@ impl Store {
         Ok((applied, accounts, payments))
     }
 
+    /// A consistent copy of the shard's state as of the LSN the store has applied, read from
+    /// one read transaction: what provisioning made (accounts, cards, merchants, the shard's
+    /// currency totals) at once, payments in pieces (`SeedReader::payments`). Re-seeds a sink
+    /// that needs records the change log no longer has. O(state), never on a request path.
+    pub fn seed(&self) -> Result<SeedReader, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
+        let at = match meta.get(META_APPLIED).map_err(|e| err(p, "meta", e))? {
+            None => Lsn(0),
+            Some(v) => Lsn(u64_from(v.value()).map_err(|e| err(p, "applied_lsn", e))?),
+        };
+        let scalars = match meta.get(META_SCALARS).map_err(|e| err(p, "meta", e))? {
+            Some(v) => Some(decode::<Scalars>(p, "scalars", v.value())?),
+            None => None,
+        };
+        let shard = scalars.as_ref().map_or(ShardId(0), |s| s.shard);
+        let totals = scalars.map(|s| s.totals).unwrap_or_default();
+        let mut accounts = Vec::new();
+        let table = txn
+            .open_table(ACCOUNTS)
+            .map_err(|e| err(p, "accounts", e))?;
+        for row in table.iter().map_err(|e| err(p, "accounts", e))? {
+            let (k, v) = row.map_err(|e| err(p, "accounts", e))?;
+            let a = decode::<Account>(p, "account", v.value())?;
+            accounts.push(crate::ledger::state::view_account(AccountId(k.value()), &a));
+        }
+        let mut cards = Vec::new();
+        let table = txn.open_table(CARDS).map_err(|e| err(p, "cards", e))?;
+        for row in table.iter().map_err(|e| err(p, "cards", e))? {
+            let (_, v) = row.map_err(|e| err(p, "cards", e))?;
+            let c = decode::<Card>(p, "card", v.value())?;
+            cards.push(crate::ledger::CardFacts {
+                id: c.id,
+                home: shard,
+                account: c.account,
+                bin: c.bin,
+                last4: c.last4,
+                exp_month: c.exp_month,
+                exp_year: c.exp_year,
+                status: c.status,
+            });
+        }
+        let mut merchants = Vec::new();
+        let table = txn
+            .open_table(MERCHANTS)
+            .map_err(|e| err(p, "merchants", e))?;
+        for row in table.iter().map_err(|e| err(p, "merchants", e))? {
+            let (k, v) = row.map_err(|e| err(p, "merchants", e))?;
+            let m = decode::<Merchant>(p, "merchant", v.value())?;
+            merchants.push(crate::ledger::effects::MerchantRow {
+                id: MerchantId(k.value().to_string()),
+                settlement: m.settlement,
+                currency: m.currency,
+                mcc: m.mcc,
+                status: m.status,
+            });
+        }
+        let payments = txn
+            .open_table(PAYMENTS)
+            .map_err(|e| err(p, "payments", e))?;
+        Ok(SeedReader {
+            path: p.clone(),
+            at,
+            accounts,
+            cards,
+            merchants,
+            totals,
+            payments,
+            next: Some(0),
+        })
+    }
+
     /// Starts a batch of changes.
     pub fn begin(&self) -> Result<Batch<'_>, StoreError> {
         let txn = self
@@ -373,6 +446,52 @@ impl Store {
 }
 
 /// An open write transaction: rows of changed state, then `commit` with the applied LSN.
+/// See `Store::seed`.
+pub struct SeedReader {
+    path: PathBuf,
+    /// The LSN this copy is as of.
+    pub at: Lsn,
+    pub accounts: Vec<crate::ledger::AccountView>,
+    pub cards: Vec<crate::ledger::CardFacts>,
+    pub merchants: Vec<crate::ledger::effects::MerchantRow>,
+    /// Per currency: the shard's totals (treasury, sent, received).
+    pub totals: Vec<(
+        crate::domain::Currency,
+        crate::ledger::state::CurrencyTotals,
+    )>,
+    /// The payments table of the same read transaction (it keeps the snapshot alive).
+    payments: redb::ReadOnlyTable<u64, &'static [u8]>,
+    /// The next payment sequence to read (None: all read).
+    next: Option<u64>,
+}
+
+impl SeedReader {
+    /// The next (up to) `max` payments in sequence order; empty once all are read.
+    pub fn payments(&mut self, max: usize) -> Result<Vec<crate::ledger::PaymentView>, StoreError> {
+        let p = &self.path;
+        let Some(from) = self.next else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(max.min(4096));
+        let mut last = None;
+        for row in self
+            .payments
+            .range(from..)
+            .map_err(|e| err(p, "payments", e))?
+            .take(max)
+        {
+            let (k, v) = row.map_err(|e| err(p, "payments", e))?;
+            last = Some(k.value());
+            out.push(decode::<Payment>(p, "payment", v.value())?.view);
+        }
+        self.next = match last {
+            Some(seq) if out.len() == max => seq.checked_add(1),
+            _ => None,
+        };
+        Ok(out)
+    }
+}
+
 pub struct Batch<'a> {
     store: &'a Store,
     txn: WriteTransaction,

@@ -9,8 +9,9 @@
 //! The checkpoint protocol, as absences:
 //! - the store is never ahead of the durable WAL (it reads only up to the durable LSN);
 //! - no row is written without the LSN that produced it, in the same commit;
-//! - no segment is deleted before a durable commit covers every record in it, nor while a
-//!   replication sink is configured (sinks rebuild their replica from the first record);
+//! - no segment is deleted before a durable commit covers every record in it (sinks read
+//!   the store's change log, not the WAL: a sink further behind than the change log keeps
+//!   is re-seeded from the store, see `replication::runner`);
 //! - a failed commit loses nothing: the changes stay in the writer's ledger, held in its
 //!   window, and are written again by the next attempt.
 
