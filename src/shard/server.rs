@@ -135,6 +135,7 @@ fn try_recover_shard(
     );
     let writer_config = WriterConfig {
         checkpoint_interval: Duration::from_millis(config.state.checkpoint_interval_ms),
+        commit_interval: Duration::from_millis(config.state.commit_interval_ms),
         window: writer_window,
         recycle_wal: true,
         sinks,
@@ -274,6 +275,32 @@ fn install_signal_thread(flag: Arc<AtomicBool>) {
 }
 
 /// Shared by all shards: start-up barriers and the shutdown flag (start/stop only).
+/// Where each shard's blocking thread (its WAL fdatasync, see `shard::disk`) runs: never on
+/// a shard's core when it can be helped. On `state.cores` when set; else, with pinned
+/// shards, on the cores no shard uses; else anywhere.
+fn sync_thread_placement(config: &Config) -> glommio::PoolPlacement {
+    use glommio::{CpuSet, PoolPlacement};
+    let Ok(online) = CpuSet::online() else {
+        return PoolPlacement::Unbound(1);
+    };
+    let set = if !config.state.cores.is_empty() {
+        online.filter(|l| config.state.cores.contains(&l.cpu))
+    } else if config.server.pin_cores {
+        let shards = config.shard_count() as usize;
+        let used: Vec<usize> = (0..shards)
+            .map(|k| config.server.cores.get(k).copied().unwrap_or(k))
+            .collect();
+        online.filter(|l| !used.contains(&l.cpu))
+    } else {
+        return PoolPlacement::Unbound(1);
+    };
+    if set.is_empty() {
+        PoolPlacement::Unbound(1)
+    } else {
+        PoolPlacement::Fenced(1, set)
+    }
+}
+
 struct Shared {
     shutdown: Arc<AtomicBool>,
     drained: AtomicUsize,
@@ -463,6 +490,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         })
     };
     let sinks: crate::replication::SinkStatuses = Arc::new(replication.statuses.clone());
+    let sync_placement = sync_thread_placement(&config);
     let parts = ledgers.into_iter().zip(recovered).zip(indexes).zip(stores);
     for (k, (((ledger, rec), idem), reader)) in parts.enumerate() {
         let placement = if config.server.pin_cores {
@@ -490,6 +518,7 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("corepay-shard-{k}"))
             .spin_before_park(Duration::from_micros(config.server.spin_before_park_us))
+            .blocking_thread_pool_placement(sync_placement.clone())
             .spawn(move || run_shard(ctx))
             .map_err(|e| StartError(format!("cannot start shard {k}: {e}")))?;
         handles.push(handle);

@@ -52,6 +52,8 @@ pub const WRITER_WINDOW_MIN: usize = 8192;
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
     pub checkpoint_interval: Duration,
+    /// How long durable records are gathered before one commit applies them all.
+    pub commit_interval: Duration,
     /// Payments the writer's ledger holds between commits.
     pub window: usize,
     /// Delete WAL segments once a checkpoint covers them.
@@ -113,6 +115,7 @@ pub struct StoreWriter {
     applied: Lsn,
     committed: Lsn,
     last_checkpoint: Instant,
+    last_commit: Instant,
 }
 
 impl StoreWriter {
@@ -150,6 +153,7 @@ impl StoreWriter {
             applied: checkpoint,
             committed: checkpoint,
             last_checkpoint: Instant::now(),
+            last_commit: Instant::now(),
         };
         let mut failure: Option<StoreError> = None;
         let mut pending: Vec<(Lsn, Command)> = Vec::new();
@@ -234,10 +238,11 @@ impl StoreWriter {
         loop {
             let durable_lsn = Lsn(durable.load(Ordering::Acquire));
             let stopping = stop.load(Ordering::Acquire);
-            if self.backlog.is_empty() && self.unsaved_is_empty() {
+            let room = COMMIT_RECORDS_MAX.saturating_sub(self.backlog.len());
+            if room > 0 && self.unsaved_is_empty() {
                 let mut bad = None;
                 let backlog = &mut self.backlog;
-                let read = tail.read(durable_lsn, COMMIT_RECORDS_MAX, |lsn, kind, v, p| {
+                let read = tail.read(durable_lsn, room, |lsn, kind, v, p| {
                     match decode_command(kind, v, p) {
                         Ok(cmd) => backlog.push_back((lsn, cmd)),
                         Err(e) => bad = Some(format!("record {}: {e}", lsn.0)),
@@ -267,6 +272,16 @@ impl StoreWriter {
                 }
                 std::thread::sleep(if space_low { RETRY } else { poll });
                 poll = (poll * 2).min(POLL_IDLE);
+                continue;
+            }
+            // Gather records for one commit: each commit rewrites every page it touches.
+            let commit_due = checkpoint_due
+                || stopping
+                || !self.unsaved_is_empty()
+                || self.backlog.len() >= COMMIT_RECORDS_MAX
+                || self.last_commit.elapsed() >= self.config.commit_interval;
+            if !commit_due {
+                std::thread::sleep(POLL);
                 continue;
             }
             poll = POLL;
@@ -386,6 +401,7 @@ impl StoreWriter {
         self.unsaved_changes.clear();
         self.changes_bytes = bytes;
         self.committed = self.applied;
+        self.last_commit = Instant::now();
         self.ledger.set_stored(self.applied);
         self.progress
             .applied
