@@ -112,6 +112,17 @@ impl Server {
         } else {
             extra = format!("{iso_listen}\n\n{extra}");
         }
+        // Store reads may take up to 2 s before a 503 (the default is 50 ms): these tests check
+        // what is answered, and debug builds sharing two cores with parallel tests can take
+        // longer than 50 ms to read the store. A caller's own read_timeout_ms wins.
+        if !extra.contains("read_timeout_ms") {
+            let line = "[state]\nread_timeout_ms = 2000";
+            if extra.contains("[state]") {
+                extra = extra.replace("[state]", line);
+            } else {
+                extra = format!("{extra}\n\n{line}\n");
+            }
+        }
         let has_http = extra.contains("[http]");
         let mut text = format!(
             "[server]\nshards = {}\npin_cores = false\ndata_dir = \"{}\"\ndrain_timeout_ms = 2000\n\n\
