@@ -459,6 +459,17 @@ fn retry(s: &Server, w: &World, req: &Req) -> Resp {
     }
 }
 
+/// Acknowledgements a round has before its crash (at least; it runs on for `load_ms` first).
+const MIN_ACKED_PER_ROUND: usize = 12;
+
+fn acked_so_far(shared: &Shared) -> usize {
+    let events = shared.events.lock().unwrap();
+    events
+        .iter()
+        .filter(|e| matches!(e.seen, Seen::Acked(..)))
+        .count()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn round(
     s: &mut Server,
@@ -497,6 +508,12 @@ fn round(
         })
         .collect();
     std::thread::sleep(Duration::from_millis(load_ms));
+    // A slow machine (a debug build beside parallel tests) may not have acknowledged
+    // anything yet: keep the load on until some acknowledgements exist to lose, bounded.
+    let enough = Instant::now() + Duration::from_secs(20);
+    while acked_so_far(&shared) < MIN_ACKED_PER_ROUND && Instant::now() < enough {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(5..=50)));
+    }
     let mut stop_ms = 0;
     match stop {
         Stop::Kill => s.kill9(),
