@@ -293,7 +293,9 @@ fn iso8583_approvals_match_the_payments_stored() {
 fn a_stall_shows_in_p99_even_with_one_request_in_flight() {
     let g = Gateway::start("stall");
     let pid = g.child.id() as i32;
-    // Stop the gateway for 400 ms in the middle of a 3 s run at 300/s.
+    // Stop the gateway for 400 ms in the middle of a 4 s run at 100/s (a rate a debug build
+    // keeps up with on one connection beside other tests: at 300/s it fell behind, and a
+    // request still in flight at the end failed the closing check).
     let stall = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
         unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -306,9 +308,9 @@ fn a_stall_shows_in_p99_even_with_one_request_in_flight() {
             "--addr",
             &g.http.to_string(),
             "--rate",
-            "300",
+            "100",
             "--duration",
-            "3",
+            "4",
             "--warmup",
             "0",
             "--connections",
@@ -318,10 +320,10 @@ fn a_stall_shows_in_p99_even_with_one_request_in_flight() {
         ],
     );
     stall.join().unwrap();
-    every_request_accounted_for(&r, 900);
+    every_request_accounted_for(&r, 400);
     let p99_ms = r["latency"]["p99"].as_f64().unwrap() / 1e3;
     let max_ms = r["latency"]["max"].as_f64().unwrap() / 1e3;
-    // ~120 requests were scheduled during the stall (13%): timed from their scheduled
+    // ~40 requests were scheduled during the stall (10%): timed from their scheduled
     // send, the top 1% waited most of the 400 ms. Timed from the actual send (one in
     // flight), only one request would show it and p99 would stay near the normal latency.
     assert!(max_ms >= 350.0, "max {max_ms} ms");
