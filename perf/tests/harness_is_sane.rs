@@ -276,7 +276,14 @@ fn iso8583_approvals_match_the_payments_stored() {
         .iter()
         .map(|op| u(ops, &[op, "ok"]) + u(ops, &[op, "declined"]))
         .sum();
-    assert_eq!(created, 800);
+    // A debug gateway beside other tests may shed a few (91, nothing stored): every request
+    // is either a payment or shed, and only the payments are stored.
+    let shed: u64 = ["authorize", "sale"]
+        .iter()
+        .map(|op| u(ops, &[op, "shed"]))
+        .sum();
+    assert_eq!(created + shed, 800);
+    assert!(shed <= 40, "{shed} of 800 shed");
     assert_eq!(
         g.payments() - payments0,
         created,
