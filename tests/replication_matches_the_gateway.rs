@@ -4,32 +4,10 @@
 //! this machine (scripts/services.sh starts them): if they cannot be reached, this fails.
 mod common;
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const REDIS_URL: &str = "redis://127.0.0.1:6379/";
-
-fn unique(prefix: &str) -> String {
-    let n: u64 = rand::random();
-    format!("{prefix}_{:012x}", n & 0xffff_ffff_ffff)
-}
-
-/// Waits until reconcile passes (replication caught up), or fails the test with its report.
-fn wait_reconciled(s: &Server) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (ok, report) = s.reconcile();
-        if ok {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "PostgreSQL never matched the gateway:\n{report}\n{}",
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn load(s: &Server, key: &str, pans: &[String], round: u32) {
     let mut m = Client::with_key(s.http, key);
@@ -102,7 +80,7 @@ fn postgres_and_redis_match_the_gateway_through_a_crash() {
             s.spawn();
         }
     }
-    wait_reconciled(&s);
+    wait_reconciled_within(&s, "after the load", Duration::from_secs(60));
 
     // Redis: every event once, and the stream names every payment.
     let client = redis::Client::open(REDIS_URL).expect("a Redis URL");

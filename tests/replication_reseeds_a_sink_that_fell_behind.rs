@@ -18,27 +18,8 @@ const REDIS_URL: &str = "redis://127.0.0.1:6379/";
 /// hundred bytes or more, so on each of the two shards this is well past the 64 KiB the
 /// change log keeps here.
 const RECORDS_WHILE_AWAY: u64 = 4_000;
-
-fn unique(prefix: &str) -> String {
-    let n: u64 = rand::random();
-    format!("{prefix}_{:012x}", n & 0xffff_ffff_ffff)
-}
-
-fn wait_reconciled(s: &Server, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let (ok, report) = s.reconcile();
-        if ok {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: PostgreSQL never matched the gateway:\n{report}\n{}",
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+/// How long replication (a re-seed included) may take to match the gateway.
+const RECONCILE_WITHIN: Duration = Duration::from_secs(90);
 
 fn total_durable(s: &Server) -> u64 {
     s.ledger()["shards"]
@@ -135,7 +116,7 @@ fn sinks_that_fell_behind_the_change_log_are_reseeded() {
     }
     let key = create_merchant(&s, "RESEEDSHOP", 1);
     transfer(&s, "t-before", "3.00");
-    wait_reconciled(&s, "before the outage");
+    wait_reconciled_within(&s, "before the outage", RECONCILE_WITHIN);
 
     // ---- the sinks go away: PostgreSQL's progress row locked, Redis writes paused.
     let mut pg = postgres::Client::connect(PG_URL, postgres::NoTls)
@@ -204,7 +185,7 @@ fn sinks_that_fell_behind_the_change_log_are_reseeded() {
     s.kill9();
     println!("killed with {done_before_kill} re-seeds done");
     s.spawn();
-    wait_reconciled(&s, "after the re-seed");
+    wait_reconciled_within(&s, "after the re-seed", RECONCILE_WITHIN);
 
     let log = s.log();
     for sink in ["postgres", "redis"] {
@@ -273,7 +254,7 @@ fn sinks_that_fell_behind_the_change_log_are_reseeded() {
         .flat_map(|c| c.join().unwrap())
         .collect();
     transfer(&s, "t-after", "2.00");
-    wait_reconciled(&s, "after the re-seed, more load");
+    wait_reconciled_within(&s, "after the re-seed, more load", RECONCILE_WITHIN);
     let journal_after: i64 = pg
         .query_one(&format!("SELECT count(*) FROM \"{schema}\".journal"), &[])
         .unwrap()

@@ -113,10 +113,7 @@ impl PostgresSink {
         let conn = self.connection()?;
         let st = &conn.st;
         let mut tx = conn.client.transaction().map_err(pg("begin"))?;
-        let stored: i64 = tx
-            .query_opt(&st.progress_lock, &[&shard_i])
-            .map_err(pg("lock progress"))?
-            .map_or(0, |r| r.get(0));
+        let stored = lock_progress(&mut tx, st, shard_i)?;
         if stored >= last_lsn {
             // All of it was stored before (a retry after a commit whose answer was lost).
             return tx.rollback().map_err(pg("rollback"));
@@ -134,15 +131,7 @@ impl PostgresSink {
         }
         let rows = Rows::build(fresh, &prior)?;
         rows.write(&mut tx, st, shard_i)?;
-        let updated = tx
-            .execute(&st.set_progress, &[&shard_i, &last_lsn, &stored])
-            .map_err(pg("write progress"))?;
-        if updated != 1 {
-            return Err(SinkError(format!(
-                "postgres: progress of shard {shard} moved while a batch was being stored \
-                 (two writers for one shard?)"
-            )));
-        }
+        set_progress(&mut tx, st, shard_i, last_lsn, stored)?;
         tx.commit().map_err(pg("commit"))
     }
 }
@@ -154,10 +143,7 @@ impl PostgresSink {
         let conn = self.connection()?;
         let st = &conn.st;
         let mut tx = conn.client.transaction().map_err(pg("begin"))?;
-        let stored: i64 = tx
-            .query_opt(&st.progress_lock, &[&shard_i])
-            .map_err(pg("lock progress"))?
-            .map_or(0, |r| r.get(0));
+        let stored = lock_progress(&mut tx, st, shard_i)?;
         if stored >= at {
             return tx.rollback().map_err(pg("rollback"));
         }
@@ -260,16 +246,7 @@ impl PostgresSink {
             ],
         )
         .map_err(pg("record the re-seed"))?;
-        let updated = tx
-            .execute(&st.set_progress, &[&shard_i, &at, &stored])
-            .map_err(pg("write progress"))?;
-        if updated != 1 {
-            return Err(SinkError(format!(
-                "postgres: progress of shard {} moved while it was re-seeded (two writers for \
-                 one shard?)",
-                seed.shard
-            )));
-        }
+        set_progress(&mut tx, st, shard_i, at, stored)?;
         tx.commit().map_err(pg("commit"))
     }
 }
@@ -392,6 +369,34 @@ pub fn reset(url: &str, schema: &str) -> Result<(), SinkError> {
 }
 
 // ---- connection and schema -----------------------------------------------------------
+
+/// Locks `shard`'s progress row for the transaction; returns the LSN stored (0: none).
+fn lock_progress(tx: &mut Transaction<'_>, st: &Statements, shard: i16) -> Result<i64, SinkError> {
+    Ok(tx
+        .query_opt(&st.progress_lock, &[&shard])
+        .map_err(pg("lock progress"))?
+        .map_or(0, |r| r.get(0)))
+}
+
+/// Moves `shard`'s progress from `stored` (read under `lock_progress`) to `lsn`.
+fn set_progress(
+    tx: &mut Transaction<'_>,
+    st: &Statements,
+    shard: i16,
+    lsn: i64,
+    stored: i64,
+) -> Result<(), SinkError> {
+    let updated = tx
+        .execute(&st.set_progress, &[&shard, &lsn, &stored])
+        .map_err(pg("write progress"))?;
+    if updated != 1 {
+        return Err(SinkError(format!(
+            "postgres: progress of shard {shard} moved while this transaction stored it \
+             (two writers for one shard?)"
+        )));
+    }
+    Ok(())
+}
 
 fn pg(what: &'static str) -> impl Fn(postgres::Error) -> SinkError {
     move |e| SinkError(format!("postgres: {what}: {e}"))

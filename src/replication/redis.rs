@@ -103,39 +103,7 @@ impl Sink for RedisSink {
         let event = reseed_event(seed);
         let at = seed.at.0;
         self.with_conn("store a re-seed", |conn| {
-            let (stored,): (Option<u64>,) = redis::pipe()
-                .cmd("WATCH")
-                .arg(&key)
-                .ignore()
-                .cmd("GET")
-                .arg(&key)
-                .query(conn)
-                .map_err(|e| format!("WATCH/GET {key}: {e}"))?;
-            if stored.unwrap_or(0) >= at {
-                redis::cmd("UNWATCH")
-                    .exec(conn)
-                    .map_err(|e| e.to_string())?;
-                return Ok(());
-            }
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            let xadd = pipe.cmd("XADD").arg(&stream);
-            if maxlen > 0 {
-                xadd.arg("MAXLEN").arg("~").arg(maxlen);
-            }
-            xadd.arg("*");
-            for (field, value) in &event {
-                xadd.arg(*field).arg(value);
-            }
-            xadd.ignore();
-            pipe.cmd("SET").arg(&key).arg(at).ignore();
-            let reply: redis::Value = pipe.query(conn).map_err(|e| e.to_string())?;
-            if reply == redis::Value::Nil {
-                return Err(format!(
-                    "{key} changed during the transaction (another writer?): aborted, nothing stored"
-                ));
-            }
-            Ok(())
+            store_with_progress(conn, &key, &stream, maxlen, at, |_| vec![event])
         })
     }
 
@@ -147,55 +115,73 @@ impl Sink for RedisSink {
         let key = self.progress_key(shard);
         let (stream, maxlen) = (self.stream.clone(), self.maxlen);
         self.with_conn("store batch", |conn| {
-            // Read the progress under WATCH: if anyone stores this shard's progress before our
-            // EXEC, the transaction aborts instead of storing events twice.
-            let (stored, kind): (Option<u64>, String) = redis::pipe()
-                .cmd("WATCH")
-                .arg(&key)
-                .ignore()
-                .cmd("GET")
-                .arg(&key)
-                .cmd("TYPE")
-                .arg(&stream)
-                .query(conn)
-                .map_err(|e| format!("WATCH/GET {key}: {e}"))?;
-            let stored = stored.unwrap_or(0);
-            if stored >= last.0 {
-                redis::cmd("UNWATCH")
-                    .exec(conn)
-                    .map_err(|e| e.to_string())?;
-                return Ok(());
-            }
-            // Inside MULTI a wrong-type XADD fails alone while the progress SET succeeds:
-            // refuse before, rather than lose events.
-            if kind != "stream" && kind != "none" {
-                return Err(format!("key {stream} is a {kind}, not a stream"));
-            }
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for record in batch.iter().filter(|r| r.lsn.0 > stored) {
-                for event in events_of(record) {
-                    let xadd = pipe.cmd("XADD").arg(&stream);
-                    if maxlen > 0 {
-                        xadd.arg("MAXLEN").arg("~").arg(maxlen);
-                    }
-                    xadd.arg("*");
-                    for (field, value) in &event {
-                        xadd.arg(*field).arg(value);
-                    }
-                    xadd.ignore();
-                }
-            }
-            pipe.cmd("SET").arg(&key).arg(last.0).ignore();
-            let reply: redis::Value = pipe.query(conn).map_err(|e| e.to_string())?;
-            if reply == redis::Value::Nil {
-                return Err(format!(
-                    "{key} changed during the transaction (another writer?): aborted, nothing stored"
-                ));
-            }
-            Ok(())
+            store_with_progress(conn, &key, &stream, maxlen, last.0, |stored| {
+                batch
+                    .iter()
+                    .filter(|r| r.lsn.0 > stored)
+                    .flat_map(events_of)
+                    .collect()
+            })
         })
     }
+}
+
+/// XADDs `events(stored)` to `stream` and sets the progress `key` to `last`, in one
+/// MULTI/EXEC with the key WATCHed: if anyone stores this shard's progress before our EXEC,
+/// the transaction aborts instead of storing events twice. `stored` is the progress read
+/// under the WATCH; nothing is done when it already reached `last` (a retry after a lost
+/// reply).
+fn store_with_progress(
+    conn: &mut redis::Connection,
+    key: &str,
+    stream: &str,
+    maxlen: usize,
+    last: u64,
+    events: impl FnOnce(u64) -> Vec<Event>,
+) -> Result<(), String> {
+    let (stored, kind): (Option<u64>, String) = redis::pipe()
+        .cmd("WATCH")
+        .arg(key)
+        .ignore()
+        .cmd("GET")
+        .arg(key)
+        .cmd("TYPE")
+        .arg(stream)
+        .query(conn)
+        .map_err(|e| format!("WATCH/GET {key}: {e}"))?;
+    let stored = stored.unwrap_or(0);
+    if stored >= last {
+        redis::cmd("UNWATCH")
+            .exec(conn)
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    }
+    // Inside MULTI a wrong-type XADD fails alone while the progress SET succeeds: refuse
+    // before, rather than lose events.
+    if kind != "stream" && kind != "none" {
+        return Err(format!("key {stream} is a {kind}, not a stream"));
+    }
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for event in events(stored) {
+        let xadd = pipe.cmd("XADD").arg(stream);
+        if maxlen > 0 {
+            xadd.arg("MAXLEN").arg("~").arg(maxlen);
+        }
+        xadd.arg("*");
+        for (field, value) in &event {
+            xadd.arg(*field).arg(value);
+        }
+        xadd.ignore();
+    }
+    pipe.cmd("SET").arg(key).arg(last).ignore();
+    let reply: redis::Value = pipe.query(conn).map_err(|e| e.to_string())?;
+    if reply == redis::Value::Nil {
+        return Err(format!(
+            "{key} changed during the transaction (another writer?): aborted, nothing stored"
+        ));
+    }
+    Ok(())
 }
 
 /// The event a re-seed publishes in place of the events of records `missing_from..=lsn`,

@@ -167,14 +167,7 @@ impl Store {
     pub fn applied(&self) -> Result<Lsn, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
-        let meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
-        let applied = meta.get(META_APPLIED).map_err(|e| err(p, "meta", e))?;
-        match applied {
-            None => Ok(Lsn(0)),
-            Some(v) => u64_from(v.value())
-                .map(Lsn)
-                .map_err(|e| err(p, "applied_lsn", e)),
-        }
+        applied_in(p, &txn)
     }
 
     /// Builds the shard's ledger from the store: everything provisioned and every record
@@ -192,16 +185,7 @@ impl Store {
         if let Some(v) = meta.get(META_SCALARS).map_err(|e| err(p, "meta", e))? {
             snap.scalars = Some(decode::<Scalars>(p, "scalars", v.value())?);
         }
-        let accounts = txn
-            .open_table(ACCOUNTS)
-            .map_err(|e| err(p, "accounts", e))?;
-        for row in accounts.iter().map_err(|e| err(p, "accounts", e))? {
-            let (k, v) = row.map_err(|e| err(p, "accounts", e))?;
-            snap.accounts.push((
-                AccountId(k.value()),
-                decode::<Account>(p, "account", v.value())?,
-            ));
-        }
+        snap.accounts = accounts_in(p, &txn)?;
         let cards = txn.open_table(CARDS).map_err(|e| err(p, "cards", e))?;
         for row in cards.iter().map_err(|e| err(p, "cards", e))? {
             let (_, v) = row.map_err(|e| err(p, "cards", e))?;
@@ -335,22 +319,8 @@ impl Store {
     pub fn export(&self) -> Result<Export, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
-        let meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
-        let applied = match meta.get(META_APPLIED).map_err(|e| err(p, "meta", e))? {
-            None => Lsn(0),
-            Some(v) => Lsn(u64_from(v.value()).map_err(|e| err(p, "applied_lsn", e))?),
-        };
-        let mut accounts = Vec::new();
-        let table = txn
-            .open_table(ACCOUNTS)
-            .map_err(|e| err(p, "accounts", e))?;
-        for row in table.iter().map_err(|e| err(p, "accounts", e))? {
-            let (k, v) = row.map_err(|e| err(p, "accounts", e))?;
-            accounts.push((
-                AccountId(k.value()),
-                decode::<Account>(p, "account", v.value())?,
-            ));
-        }
+        let applied = applied_in(p, &txn)?;
+        let accounts = accounts_in(p, &txn)?;
         let mut payments = Vec::new();
         let table = txn
             .open_table(PAYMENTS)
@@ -369,26 +339,18 @@ impl Store {
     pub fn seed(&self) -> Result<SeedReader, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+        let at = applied_in(p, &txn)?;
         let meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
-        let at = match meta.get(META_APPLIED).map_err(|e| err(p, "meta", e))? {
-            None => Lsn(0),
-            Some(v) => Lsn(u64_from(v.value()).map_err(|e| err(p, "applied_lsn", e))?),
-        };
         let scalars = match meta.get(META_SCALARS).map_err(|e| err(p, "meta", e))? {
             Some(v) => Some(decode::<Scalars>(p, "scalars", v.value())?),
             None => None,
         };
         let shard = scalars.as_ref().map_or(ShardId(0), |s| s.shard);
         let totals = scalars.map(|s| s.totals).unwrap_or_default();
-        let mut accounts = Vec::new();
-        let table = txn
-            .open_table(ACCOUNTS)
-            .map_err(|e| err(p, "accounts", e))?;
-        for row in table.iter().map_err(|e| err(p, "accounts", e))? {
-            let (k, v) = row.map_err(|e| err(p, "accounts", e))?;
-            let a = decode::<Account>(p, "account", v.value())?;
-            accounts.push(crate::ledger::state::view_account(AccountId(k.value()), &a));
-        }
+        let accounts = accounts_in(p, &txn)?
+            .iter()
+            .map(|(id, a)| crate::ledger::state::view_account(*id, a))
+            .collect();
         let mut cards = Vec::new();
         let table = txn.open_table(CARDS).map_err(|e| err(p, "cards", e))?;
         for row in table.iter().map_err(|e| err(p, "cards", e))? {
@@ -744,6 +706,37 @@ fn catch_foreign_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "panic".into())
     })
+}
+
+/// The LSN the store had applied as of `txn` (0: nothing yet).
+fn applied_in(p: &Path, txn: &redb::ReadTransaction) -> Result<Lsn, StoreError> {
+    let meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
+    let applied = meta.get(META_APPLIED).map_err(|e| err(p, "meta", e))?;
+    match applied {
+        None => Ok(Lsn(0)),
+        Some(v) => u64_from(v.value())
+            .map(Lsn)
+            .map_err(|e| err(p, "applied_lsn", e)),
+    }
+}
+
+/// Every account as of `txn`.
+fn accounts_in(
+    p: &Path,
+    txn: &redb::ReadTransaction,
+) -> Result<Vec<(AccountId, Account)>, StoreError> {
+    let table = txn
+        .open_table(ACCOUNTS)
+        .map_err(|e| err(p, "accounts", e))?;
+    let mut accounts = Vec::new();
+    for row in table.iter().map_err(|e| err(p, "accounts", e))? {
+        let (k, v) = row.map_err(|e| err(p, "accounts", e))?;
+        accounts.push((
+            AccountId(k.value()),
+            decode::<Account>(p, "account", v.value())?,
+        ));
+    }
+    Ok(accounts)
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -781,3 +781,27 @@ impl Server {
         (out.status.success(), text)
     }
 }
+
+/// A name no other test run uses: `<prefix>_<48 random bits in hex>` (schemas, streams).
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::random();
+    format!("{prefix}_{:012x}", n & 0xffff_ffff_ffff)
+}
+
+/// Waits until `corepay reconcile` passes (replication caught up), or fails the test with its
+/// report and the gateway's log after `within`.
+pub fn wait_reconciled_within(s: &Server, what: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (ok, report) = s.reconcile();
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: PostgreSQL never matched the gateway:\n{report}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
