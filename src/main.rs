@@ -176,7 +176,7 @@ fn wal_verify(dir: &Path) -> Result<(), String> {
     for wal in wal_dirs(dir)? {
         match verify(&FsSource::new(&wal)) {
             Ok(r) => println!(
-                "{}: ok: {} segments, {} batches, {} records, lsn {}..{}, torn tail {} bytes",
+                "{}: ok: {} segments, {} batches, {} records, lsn {}..{}, {} bytes to zero after the end",
                 wal.display(),
                 r.segments,
                 r.batches,

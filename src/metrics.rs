@@ -170,6 +170,21 @@ pub fn render(
         &|s| s.wal_segments_deleted,
     );
     gauge(
+        "wal_segments_recycled_total",
+        "WAL segments kept as spares after a checkpoint covered them.",
+        &|s| s.wal_segments_recycled,
+    );
+    gauge(
+        "wal_segments_created_total",
+        "WAL segments the writer began.",
+        &|s| s.wal_segments_created,
+    );
+    gauge(
+        "wal_segments_reused_total",
+        "WAL segments begun by renaming a spare (no zero-fill on the commit path).",
+        &|s| s.wal_segments_reused,
+    );
+    gauge(
         "store_failures_total",
         "Store commits that failed (each retried).",
         &|s| s.store_failures,

@@ -921,6 +921,13 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                     .segments_deleted
                     .load(std::sync::atomic::Ordering::Relaxed)
             }),
+            wal_segments_recycled: self.store.as_ref().map_or(0, |s| {
+                s.progress()
+                    .segments_recycled
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            wal_segments_created: wal.segments_created,
+            wal_segments_reused: wal.segments_reused,
             store_failures: self.store.as_ref().map_or(0, |s| {
                 s.progress()
                     .failures

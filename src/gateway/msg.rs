@@ -139,10 +139,15 @@ pub struct ShardStats {
     /// Payments held in memory now, and the window's size (0: no window, all in memory).
     pub payments_in_memory: usize,
     pub payment_window: usize,
-    /// The store: LSN applied, LSN checkpointed, WAL segments deleted, failed commits.
+    /// The store: LSN applied, LSN checkpointed, WAL segments deleted or kept as spares
+    /// after checkpoints, failed commits.
     pub store_applied_lsn: u64,
     pub store_checkpoint_lsn: u64,
     pub wal_segments_deleted: u64,
+    pub wal_segments_recycled: u64,
+    /// WAL segments the writer began, and of them those that were spares (no zero-fill).
+    pub wal_segments_created: u64,
+    pub wal_segments_reused: u64,
     pub store_failures: u64,
     /// Payments read back from the store, and requests shed because it could not answer.
     pub cold_reads: u64,

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 pub struct WalTail {
     dir: PathBuf,
     segment: Option<File>,
+    /// The first LSN of the open segment (its name).
+    segment_first: Lsn,
     offset: u64,
     next_lsn: Lsn,
     window: Vec<u8>,
@@ -27,6 +29,7 @@ impl WalTail {
         WalTail {
             dir: dir.to_path_buf(),
             segment: None,
+            segment_first: Lsn(1),
             offset: 0,
             next_lsn: Lsn(1),
             window: Vec::new(),
@@ -63,6 +66,13 @@ impl WalTail {
             let file = self.segment.as_ref().expect("opened above");
             let n = read_batch(file, &mut self.window, self.offset)?;
             match decode_batch(&self.window[..n]) {
+                // A recycled segment's old data after this one's: the end of it.
+                Ok(Some(batch)) if batch.first_lsn() < self.segment_first => {
+                    if !self.next_segment_exists() {
+                        return Ok(returned);
+                    }
+                    self.segment = None;
+                }
                 Ok(Some(batch)) => {
                     if batch.first_lsn() != self.next_lsn {
                         return Err(io::Error::new(
@@ -90,8 +100,15 @@ impl WalTail {
                     }
                     self.segment = None;
                 }
-                // Durable records that do not decode yet: a write racing our read; retry later.
-                Err(_) => return Ok(returned),
+                // Old bytes of a recycled segment after its data (the log goes on in the
+                // next segment), or durable records that do not decode yet: a write racing
+                // our read; retry later.
+                Err(_) => {
+                    if !self.next_segment_exists() {
+                        return Ok(returned);
+                    }
+                    self.segment = None;
+                }
             }
         }
         Ok(returned)
@@ -124,6 +141,8 @@ impl WalTail {
             loop {
                 let n = read_batch(&file, &mut self.window, self.offset)?;
                 match decode_batch(&self.window[..n]) {
+                    // Old data of a recycled segment: next_lsn is not written yet.
+                    Ok(Some(b)) if b.first_lsn() < first => return Ok(false),
                     Ok(Some(b)) if b.last_lsn() < self.next_lsn => {
                         self.offset += b.encoded_len() as u64
                     }
@@ -143,6 +162,7 @@ impl WalTail {
             }
         }
         self.segment = Some(file);
+        self.segment_first = first;
         Ok(true)
     }
 }
@@ -235,5 +255,51 @@ mod tests {
         assert_eq!(tail.read(Lsn(5), 100, |_, _, _, _| {}).unwrap(), 0);
         let mut tail = WalTail::new(dir.path());
         assert_eq!(tail.read(Lsn(5), 100, |_, _, _, _| {}).unwrap(), 0);
+    }
+
+    /// Writes batches of one record each at consecutive blocks from `block`.
+    fn put_batches(dir: &Path, first: u64, block: usize, lsns: &[u64]) {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(segment_name(Lsn(first))))
+            .unwrap();
+        file.set_len(1 << 16).unwrap();
+        for (i, &lsn) in lsns.iter().enumerate() {
+            let batch = encode_batch(Lsn(lsn), &[(1, 1, &[lsn as u8; 10])]);
+            assert_eq!(batch.len(), BLOCK);
+            file.write_all_at(&batch, ((block + i) * BLOCK) as u64)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn a_recycled_segment_ends_where_its_old_batches_begin() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segment 11 was segment 1 (records 1..=4), segment 13 was segment 5 (5..=9).
+        put_batches(dir.path(), 11, 0, &[1, 2, 3, 4]);
+        put_batches(dir.path(), 11, 0, &[11, 12]);
+        put_batches(dir.path(), 13, 0, &[5, 6, 7, 8, 9]);
+        put_batches(dir.path(), 13, 0, &[13, 14]);
+        let mut tail = WalTail::at(dir.path(), Lsn(11));
+        let mut seen = Vec::new();
+        let n = tail
+            .read(Lsn(15), 100, |lsn, _, _, _| seen.push(lsn.0))
+            .unwrap();
+        assert_eq!((n, seen), (4, vec![11, 12, 13, 14]));
+        assert_eq!(tail.read(Lsn(15), 100, |_, _, _, _| {}).unwrap(), 0);
+        // Resuming inside a recycled segment.
+        let mut tail = WalTail::at(dir.path(), Lsn(14));
+        let mut seen = Vec::new();
+        tail.read(Lsn(14), 100, |lsn, _, _, _| seen.push(lsn.0))
+            .unwrap();
+        assert_eq!(seen, [14]);
+        let mut tail = WalTail::at(dir.path(), Lsn(15));
+        assert_eq!(tail.read(Lsn(15), 100, |_, _, _, _| {}).unwrap(), 0);
+        // The next record arrives over the old data.
+        put_batches(dir.path(), 13, 2, &[15]);
+        assert_eq!(tail.read(Lsn(15), 100, |_, _, _, _| {}).unwrap(), 1);
     }
 }

@@ -3,9 +3,10 @@
 //! Why O_DIRECT: WAL writes bypass the page cache, so a write is a real device write
 //! issued through io_uring without blocking the shard's thread, memory is not spent
 //! caching a log that is only read back at recovery, and fdatasync has no dirty pages to
-//! find. Segments are preallocated *and* zero-filled at creation so that later writes
-//! land on already-written extents: fdatasync then has no metadata (extent conversion,
-//! file size) to journal, only data to flush.
+//! find. A new segment is a recycled spare renamed (`wal::io::take_spare`), or else
+//! preallocated *and* zero-filled, so that writes land on already-written extents:
+//! fdatasync then has no metadata (extent conversion, file size) to journal, only data to
+//! flush.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::rc::Rc;
 use glommio::io::{DmaFile, OpenOptions};
 
 use crate::wal::format::BLOCK;
-use crate::wal::io::sync_dir;
+use crate::wal::io::{sync_dir, take_spare};
 use crate::wal::{SegmentDir, SegmentFile};
 
 /// Zero-fill granularity when creating a segment.
@@ -46,12 +47,27 @@ pub struct DmaSegment {
 impl SegmentDir for DmaSegmentDir {
     type File = DmaSegment;
 
-    async fn create(&self, name: &str, len: u64) -> io::Result<DmaSegment> {
+    async fn create(&self, name: &str, len: u64) -> io::Result<(DmaSegment, bool)> {
         assert!(
             len % BLOCK as u64 == 0 && len > 0,
             "segment length {len} is not a BLOCK multiple"
         );
         let path = self.dir.join(name);
+        // A rename and a directory fsync: on the blocking thread, off the shard's core.
+        let reused = {
+            let (dir, name) = (self.dir.clone(), name.to_owned());
+            glommio::executor()
+                .spawn_blocking(move || take_spare(&dir, &name, len))
+                .await?
+        };
+        if reused {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .dma_open(&path)
+                .await?;
+            return Ok((DmaSegment { file }, true));
+        }
         // create_new: a segment is never overwritten.
         let file = OpenOptions::new()
             .read(true)
@@ -74,7 +90,7 @@ impl SegmentDir for DmaSegmentDir {
         }
         // Make the new name durable. A blocking call on the executor thread, but rare.
         sync_dir(&self.dir)?;
-        Ok(DmaSegment { file })
+        Ok((DmaSegment { file }, false))
     }
 
     async fn open(&self, name: &str) -> io::Result<DmaSegment> {
@@ -236,7 +252,11 @@ mod tests {
             );
         }
 
-        // The log continues in the tail segment after a restart.
+        // Checkpoint at 150: the segments before it are retired, two kept as spares.
+        let retired = crate::wal::io::retire_segments_before(&dir, Lsn(150)).unwrap();
+        assert!(retired.recycled == 2 && retired.deleted >= 1, "{retired:?}");
+
+        // The log continues in the tail segment after a restart, then in recycled spares.
         let reopened_dir = dir.clone();
         glommio::LocalExecutorBuilder::default()
             .spawn(move || async move {
@@ -248,18 +268,38 @@ mod tests {
                     let wal = wal.clone();
                     async move { wal.run_flusher().await }
                 });
-                assert_eq!(wal.append(3, 1, &payload(201)).unwrap(), Lsn(201));
-                wal.wait_durable(Lsn(201)).await.unwrap();
+                for lsn in 201..=300u64 {
+                    assert_eq!(wal.append(3, 1, &payload(lsn)).unwrap(), Lsn(lsn));
+                    if lsn % 10 == 0 {
+                        wal.wait_durable(Lsn(lsn)).await.unwrap();
+                    }
+                }
                 wal.shutdown();
                 flusher.await.unwrap();
+                let stats = wal.stats();
+                assert_eq!(stats.segments_reused, 2, "{stats:?}");
+                assert_eq!(stats.segments_created, 2, "{stats:?}");
             })
             .unwrap()
             .join()
             .unwrap();
+        let mut lsns = Vec::new();
+        let recovered = recover(&FsSource::new(&dir), |lsn, _, _, bytes| {
+            assert_eq!(bytes, payload(lsn.0));
+            lsns.push(lsn.0);
+        })
+        .unwrap();
+        assert_eq!(recovered.next_lsn, Lsn(301));
+        assert_eq!(lsns.last(), Some(&300));
+        assert!(lsns.windows(2).all(|w| w[1] == w[0] + 1), "continuous");
+        assert!(
+            lsns[0] > 1 && lsns[0] <= 150,
+            "starts at a retained segment"
+        );
         let report = verify(&FsSource::new(&dir)).unwrap();
         assert_eq!(
-            (report.records, report.last_lsn, report.torn_tail_bytes),
-            (201, Some(Lsn(201)), 0)
+            (report.last_lsn, report.torn_tail_bytes),
+            (Some(Lsn(300)), 0)
         );
     }
 }

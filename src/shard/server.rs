@@ -138,6 +138,7 @@ fn try_recover_shard(
         commit_interval: Duration::from_millis(config.state.commit_interval_ms),
         window: writer_window,
         recycle_wal: true,
+        wal_segment_bytes: config.wal.segment_bytes,
         sinks,
         max_retained_bytes: config.replication.max_retained_bytes,
     };
@@ -364,7 +365,8 @@ pub fn serve(config: Config) -> Result<(), StartError> {
         let rec = shard.recovery.wal;
         if rec.truncated_bytes > 0 {
             warn!(
-                "shard {k}: truncated a torn tail of {} bytes (never acknowledged)",
+                "shard {k}: zeroed {} bytes after the end of the log (a torn write, never \
+                 acknowledged, or a recycled segment's old data)",
                 rec.truncated_bytes
             );
         }

@@ -58,6 +58,8 @@ pub struct StoreProgress {
     pub checkpoint: AtomicU64,
     /// WAL segments deleted after checkpoints.
     pub segments_deleted: AtomicU64,
+    /// WAL segments kept as spares after checkpoints (the WAL reuses them).
+    pub segments_recycled: AtomicU64,
     /// Failed store commits (each retried).
     pub failures: AtomicU64,
 }

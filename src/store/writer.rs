@@ -24,7 +24,7 @@ use crate::replication::source::WalTail;
 use crate::store::reader::StoreProgress;
 use crate::store::space::Space;
 use crate::store::{Batch, Change, Store, StoreError};
-use crate::wal::format::parse_segment_name;
+use crate::wal::io::{prepare_spare, retire_segments_before, segment_firsts};
 use crate::wal::{recover_from, FsSource, Recovered};
 use crate::{info, warn};
 use std::collections::VecDeque;
@@ -41,6 +41,8 @@ const POLL: Duration = Duration::from_millis(1);
 const POLL_IDLE: Duration = Duration::from_millis(20);
 /// Wait between attempts after a failed commit (disk full, I/O error).
 const RETRY: Duration = Duration::from_millis(200);
+/// After a failure to make a spare WAL segment (disk full), how long until the next try.
+const SPARE_RETRY: Duration = Duration::from_secs(60);
 /// Change-log entries one commit deletes at most.
 const CHANGES_PRUNE_MAX: usize = 100_000;
 /// Idempotency records one `PruneIdempotency` deletes at most (the shard issues one a
@@ -56,8 +58,10 @@ pub struct WriterConfig {
     pub commit_interval: Duration,
     /// Payments the writer's ledger holds between commits.
     pub window: usize,
-    /// Delete WAL segments once a checkpoint covers them.
+    /// Retire WAL segments once a checkpoint covers them (kept as spares or deleted).
     pub recycle_wal: bool,
+    /// The WAL's segment size: the size of the spare made ahead of need when there is none.
+    pub wal_segment_bytes: u64,
     /// Each configured replication sink's stored LSN for this shard. When any sink is
     /// configured, every record's effects go to the store's change log.
     pub sinks: Vec<Arc<AtomicU64>>,
@@ -115,6 +119,8 @@ pub struct StoreWriter {
     applied: Lsn,
     committed: Lsn,
     last_checkpoint: Instant,
+    /// When a spare WAL segment may next be made (after a failure).
+    next_spare_attempt: Instant,
     last_commit: Instant,
 }
 
@@ -153,6 +159,7 @@ impl StoreWriter {
             applied: checkpoint,
             committed: checkpoint,
             last_checkpoint: Instant::now(),
+            next_spare_attempt: Instant::now(),
             last_commit: Instant::now(),
         };
         let mut failure: Option<StoreError> = None;
@@ -424,17 +431,43 @@ impl StoreWriter {
         self.progress
             .checkpoint
             .store(self.committed.0, Ordering::Release);
-        if self.config.recycle_wal {
-            match delete_segments_before(&self.wal_dir, self.committed) {
-                Ok(n) => {
-                    self.progress
-                        .segments_deleted
-                        .fetch_add(n, Ordering::Relaxed);
+        if !self.config.recycle_wal {
+            return;
+        }
+        match retire_segments_before(&self.wal_dir, self.committed) {
+            Ok(retired) => {
+                self.progress
+                    .segments_deleted
+                    .fetch_add(retired.deleted, Ordering::Relaxed);
+                self.progress
+                    .segments_recycled
+                    .fetch_add(retired.recycled, Ordering::Relaxed);
+            }
+            Err(e) => warn!(
+                "wal {}: retiring checkpointed segments: {e}",
+                self.wal_dir.display()
+            ),
+        }
+        // The WAL's next segment should be a rename, even before one was retired. A failure
+        // (disk full) is retried a minute later: the WAL then zero-fills, as it can.
+        if Instant::now() >= self.next_spare_attempt {
+            match prepare_spare(&self.wal_dir, self.config.wal_segment_bytes) {
+                Ok(made) => {
+                    if made {
+                        info!(
+                            "wal {}: made a spare segment ahead of need",
+                            self.wal_dir.display()
+                        );
+                    }
                 }
-                Err(e) => warn!(
-                    "wal {}: deleting checkpointed segments: {e}",
-                    self.wal_dir.display()
-                ),
+                Err(e) => {
+                    self.next_spare_attempt = Instant::now() + SPARE_RETRY;
+                    warn!(
+                        "wal {}: making a spare segment: {e} (retried in {} s)",
+                        self.wal_dir.display(),
+                        SPARE_RETRY.as_secs()
+                    );
+                }
             }
         }
     }
@@ -450,20 +483,6 @@ fn merge(into: &mut Changes, more: Changes) {
     into.transfers.extend(more.transfers);
     into.outbox_added.extend(more.outbox_added);
     into.outbox_removed.extend(more.outbox_removed);
-}
-
-/// Segment first LSNs in `dir`, sorted.
-fn segment_firsts(dir: &Path) -> std::io::Result<Vec<Lsn>> {
-    let mut firsts: Vec<Lsn> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter_map(|name| parse_segment_name(&name))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    firsts.sort();
-    Ok(firsts)
 }
 
 /// Refuses to start when the WAL's oldest segment begins after the store's checkpoint + 1:
@@ -482,24 +501,4 @@ fn check_wal_covers(dir: &Path, checkpoint: Lsn) -> Result<(), StoreError> {
         ))),
         _ => Ok(()),
     }
-}
-
-/// Deletes every segment whose records all lie at or before `checkpoint` (never the newest
-/// segment), then syncs the directory. Returns how many were deleted.
-pub fn delete_segments_before(dir: &Path, checkpoint: Lsn) -> std::io::Result<u64> {
-    let firsts = segment_firsts(dir)?;
-    let mut deleted = 0;
-    for pair in firsts.windows(2) {
-        let (first, next) = (pair[0], pair[1]);
-        if next.0 > checkpoint.0 + 1 {
-            break; // this segment holds a record after the checkpoint
-        }
-        let path = dir.join(crate::wal::format::segment_name(first));
-        std::fs::remove_file(&path)?;
-        deleted += 1;
-    }
-    if deleted > 0 {
-        crate::wal::io::sync_dir(dir)?;
-    }
-    Ok(deleted)
 }

@@ -5,7 +5,16 @@
 //!               Preallocated and zero-filled at creation; a multiple of BLOCK (4096) bytes.
 //!               Holds batches back to back, each starting at a BLOCK-aligned offset.
 //!               The first batch of a segment has first_lsn == the LSN in its name.
-//!               Bytes after the last batch are zero.
+//!               Bytes after the last batch are zero, or, in a recycled segment, the old
+//!               segment's: batches whose first_lsn is below the name's LSN ("stale"), and
+//!               the blocks between them.
+//!
+//! Spare         <20 decimal digits>.spare: a segment that every checkpoint and sink has
+//!               passed, renamed instead of deleted (PostgreSQL recycles its WAL files the
+//!               same way), or one made ahead of need. A new segment is a spare renamed:
+//!               no 64 MiB zero-fill on the commit path, and writes land on extents that
+//!               were written before (fdatasync has only data to flush). A stale batch can
+//!               never continue the log: every LSN in it is below the new name's.
 //!
 //! Batch         One per write + fdatasync (group commit). Zero-padded to the next BLOCK
 //!               boundary; the padding is not covered by any checksum. A batch, padding
@@ -100,6 +109,17 @@ pub const fn record_bytes(payload_len: usize) -> usize {
 pub fn segment_name(first_lsn: Lsn) -> String {
     assert!(first_lsn.0 >= 1, "LSNs start at 1");
     format!("{:020}.wal", first_lsn.0)
+}
+
+/// Suffix of a spare segment's file name (`<20 digits>.spare`).
+pub const SPARE_SUFFIX: &str = ".spare";
+/// Spares kept for reuse; a retired segment beyond them is deleted.
+pub const SPARES_KEPT: usize = 2;
+
+/// The name a retired segment gets as a spare (its old first LSN keeps names unique; 0 is a
+/// spare made ahead of need).
+pub fn spare_name(old_first: u64) -> String {
+    format!("{old_first:020}{SPARE_SUFFIX}")
 }
 
 /// The first LSN encoded in a segment file name, if `name` is one `segment_name` makes.

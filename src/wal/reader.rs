@@ -3,17 +3,23 @@
 //! All three walk the segments with the same rules:
 //! - segments are contiguous: each one's name is the LSN the previous one ended at;
 //! - batches are contiguous: each one's first LSN is the previous one's last + 1;
-//! - the data of a segment ends at a zero header or a bad batch; after that end, no batch
-//!   with a first LSN >= the next expected LSN may decode (at any BLOCK-aligned offset);
-//! - only the newest segment may end in a bad batch or other non-zero bytes: that is a
-//!   torn tail, never acknowledged (the writer syncs each batch before writing the next),
-//!   and recovery zeroes it.
+//! - the data of a segment ends at the end of the file, a zero header, a stale batch (one
+//!   whose first LSN is below the segment's name: a recycled segment's old data) or a bad
+//!   batch; after that end, no batch with a first LSN >= the next expected LSN may decode
+//!   (at any BLOCK-aligned offset);
+//! - in the newest segment, a bad batch or non-zero bytes after a zero header within
+//!   `BATCH_BYTES_MAX` of the end are a torn tail, never acknowledged (the writer syncs each
+//!   batch before writing the next), and recovery zeroes that range. An older segment may
+//!   end at anything (a recycled segment's old bytes follow its data): a damaged last batch
+//!   there shows as the next segment not continuing the log.
 //!
 //! Anything else is corruption: `WalError::Corrupt` names the segment and offset, and
 //! nothing is changed on disk.
 
 use super::error::WalError;
-use super::format::{decode_batch, is_zero, parse_segment_name, Record, BATCH_MAGIC, BLOCK};
+use super::format::{
+    decode_batch, is_zero, parse_segment_name, Record, BATCH_BYTES_MAX, BATCH_MAGIC, BLOCK,
+};
 use super::io::SegmentSource;
 use crate::domain::Lsn;
 
@@ -92,13 +98,14 @@ pub fn recover_from<S: SegmentSource>(
             path: torn.segment.clone(),
             source,
         };
-        src.zero_from(&torn.segment, torn.offset)
+        src.zero_range(&torn.segment, torn.offset, torn.len)
             .map_err(|e| io("zero torn tail", e))?;
         // Check it on the way back, too.
         let data = src.read(&torn.segment).map_err(|e| io("read segment", e))?;
+        let end = (torn.offset + torn.len).min(data.len() as u64) as usize;
         assert!(
-            is_zero(&data[torn.offset as usize..]),
-            "zero_from left data behind"
+            is_zero(&data[torn.offset as usize..end]),
+            "zero_range left data behind"
         );
     }
     let tail = walk.tail.clone();
@@ -141,10 +148,29 @@ struct Walk {
     torn: Option<Torn>,
 }
 
-/// A torn tail: non-zero bytes from `offset` on in the newest segment.
+/// A torn tail: non-zero bytes in [offset, offset + len) of the newest segment.
 struct Torn {
     segment: String,
     offset: u64,
+    len: u64,
+}
+
+/// How a segment's data ended.
+struct SegmentEnd {
+    segment: String,
+    offset: usize,
+    bad: bool,
+    what: String,
+}
+
+/// Where a segment's data ends.
+enum End {
+    File,
+    /// A zero header.
+    Zero,
+    /// A batch from before the segment was recycled.
+    Stale,
+    Bad(super::format::FormatError),
 }
 
 fn walk<S: SegmentSource>(
@@ -179,6 +205,8 @@ fn walk_from<S: SegmentSource>(
     let mut expected: Option<u64> = None;
     let mut tail = None;
     let mut torn = None;
+    // How the previous segment ended, for the message when the next does not continue it.
+    let mut previous_end: Option<SegmentEnd> = None;
     for (index, name) in names.iter().enumerate() {
         let newest = index + 1 == names.len();
         let corrupt = |offset: usize, reason: String| WalError::Corrupt {
@@ -194,13 +222,19 @@ fn walk_from<S: SegmentSource>(
         };
         let expected = expected.get_or_insert(first.0);
         if first.0 != *expected {
-            return Err(corrupt(
-                0,
-                format!(
-                    "segment starts at LSN {}, but the log continues at LSN {expected}",
-                    first.0
-                ),
-            ));
+            let reason = format!(
+                "segment {name} starts at LSN {}, but the log continues at LSN {expected}",
+                first.0
+            );
+            // A damaged last batch of the previous segment is reported where it lies.
+            return Err(match previous_end.take() {
+                Some(end) if end.bad => WalError::Corrupt {
+                    segment: end.segment,
+                    offset: end.offset as u64,
+                    reason: format!("{}, and {reason}", end.what),
+                },
+                _ => corrupt(0, reason),
+            });
         }
         let data = src.read(name).map_err(|source| WalError::Io {
             op: "read segment",
@@ -214,20 +248,26 @@ fn walk_from<S: SegmentSource>(
             ));
         }
 
-        // Decode batches up to the end of the data: the end of the file, a zero header or
-        // a bad batch.
+        // Decode batches up to the end of the data.
         let mut offset = 0;
-        let mut bad = None;
+        let mut end = End::File;
         while offset < data.len() {
             assert!(offset % BLOCK == 0);
             let batch = match decode_batch(&data[offset..]) {
                 Ok(Some(batch)) => batch,
-                Ok(None) => break,
+                Ok(None) => {
+                    end = End::Zero;
+                    break;
+                }
                 Err(e) => {
-                    bad = Some(e);
+                    end = End::Bad(e);
                     break;
                 }
             };
+            if batch.first_lsn() < first {
+                end = End::Stale;
+                break;
+            }
             if batch.first_lsn().0 != *expected {
                 let first = batch.first_lsn().0;
                 return Err(corrupt(
@@ -248,11 +288,11 @@ fn walk_from<S: SegmentSource>(
             assert!(offset <= data.len());
         }
 
-        // Past the end of the data: no valid batch, and non-zero bytes only in the newest
-        // segment (a torn tail).
-        let what = match &bad {
-            Some(e) => format!("bad batch ({e})"),
-            None => "end of data".to_owned(),
+        // Past the end of the data: no valid batch that could continue the log.
+        let what = match &end {
+            End::Bad(e) => format!("bad batch ({e})"),
+            End::Stale => "end of data (a recycled segment's old batches follow)".to_owned(),
+            End::File | End::Zero => "end of data".to_owned(),
         };
         if let Some((at, lsn)) = find_valid_batch(&data, offset + BLOCK, *expected) {
             return Err(corrupt(
@@ -263,28 +303,33 @@ fn walk_from<S: SegmentSource>(
                 ),
             ));
         }
+        previous_end = Some(SegmentEnd {
+            segment: name.clone(),
+            offset,
+            bad: matches!(end, End::Bad(_)),
+            what,
+        });
         if !newest {
-            if bad.is_some() {
-                return Err(corrupt(
-                    offset,
-                    format!("{what} in a segment that is not the newest"),
-                ));
-            }
-            if let Some(block) = data[offset..].chunks(BLOCK).position(|b| !is_zero(b)) {
-                let at = offset + block * BLOCK;
-                let reason = format!(
-                    "non-zero block at offset {at} after the end of data, \
-                     in a segment that is not the newest"
-                );
-                return Err(corrupt(offset, reason));
-            }
             continue;
         }
-        if let Some(last) = data[offset..].chunks(BLOCK).rposition(|b| !is_zero(b)) {
-            report.torn_tail_bytes = ((last + 1) * BLOCK) as u64;
+        // The newest segment: what follows a bad batch or a zero header, up to the largest
+        // batch, may be a torn write. Old bytes after a stale batch are not.
+        let suspect = match end {
+            End::Bad(_) | End::Zero => {
+                let range = &data[offset..data.len().min(offset + BATCH_BYTES_MAX)];
+                range
+                    .chunks(BLOCK)
+                    .rposition(|b| !is_zero(b))
+                    .map(|last| (last + 1) * BLOCK)
+            }
+            End::File | End::Stale => None,
+        };
+        if let Some(len) = suspect {
+            report.torn_tail_bytes = len as u64;
             torn = Some(Torn {
                 segment: name.clone(),
                 offset: offset as u64,
+                len: len as u64,
             });
         }
         tail = Some((name.clone(), offset as u64));
@@ -504,14 +549,137 @@ mod tests {
         let offsets = segment(&disk, 1, &[(1, 2), (3, 2)]);
         segment(&disk, 5, &[(5, 1)]);
         disk.corrupt(&segment_name(Lsn(1)), offsets[1] + 2, 0x01);
-        expect_corrupt(verify(&disk), 1, offsets[1]);
+        let reason = expect_corrupt(verify(&disk), 1, offsets[1]);
+        assert!(
+            reason.contains("bad batch") && reason.contains("continues at LSN 3"),
+            "{reason}"
+        );
         assert!(matches!(replay(&disk), Err(WalError::Corrupt { .. })));
-        // Also garbage after the end of data in an older segment.
+        // Bytes after the end of data in an older segment are a recycled segment's old
+        // ones (nothing reads them), unless they hold a batch that continues the log.
         let disk = SimDisk::new();
         segment(&disk, 1, &[(1, 2)]);
         segment(&disk, 3, &[(3, 1)]);
         disk.put(&segment_name(Lsn(1)), 3 * BLOCK as u64, &[1]);
+        assert_eq!(verify(&disk).unwrap().records, 3);
+        disk.put(
+            &segment_name(Lsn(1)),
+            4 * BLOCK as u64,
+            &encode_batch(Lsn(3), &[(1, 1, b"3")]),
+        );
         expect_corrupt(verify(&disk), 1, BLOCK as u64);
+    }
+
+    /// A recycled segment: `old` batches written at `old_first`, then renamed to
+    /// `new_first`'s name and `new` batches written over its start.
+    fn recycled(
+        disk: &SimDisk,
+        old_first: u64,
+        old: &[(u64, u64)],
+        new_first: u64,
+        new: &[(u64, u64)],
+    ) -> Vec<u64> {
+        segment(disk, old_first, old);
+        let old_name = segment_name(Lsn(old_first));
+        let bytes = disk.read(&old_name).unwrap();
+        disk.remove(&old_name);
+        disk.put(&segment_name(Lsn(new_first)), 0, &bytes);
+        let mut offsets = Vec::new();
+        let mut offset = 0;
+        for &(first, count) in new {
+            let payloads: Vec<String> = (first..first + count).map(|l| l.to_string()).collect();
+            let records: Vec<(u8, u8, &[u8])> =
+                payloads.iter().map(|p| (1u8, 1u8, p.as_bytes())).collect();
+            let batch = encode_batch(Lsn(first), &records);
+            disk.put(&segment_name(Lsn(new_first)), offset, &batch);
+            offsets.push(offset);
+            offset += batch.len() as u64;
+        }
+        offsets
+    }
+
+    #[test]
+    fn a_recycled_segment_ends_where_its_old_batches_begin() {
+        // Old batches of 1 block each (records 1..=8); the new data covers the first three
+        // blocks, so the fourth holds an old batch: a clean end, nothing to zero.
+        let disk = SimDisk::new();
+        segment(&disk, 20, &[(20, 1)]);
+        let offsets = recycled(
+            &disk,
+            1,
+            &[(1, 2), (3, 2), (5, 2), (7, 2)],
+            21,
+            &[(21, 1), (22, 2), (24, 1)],
+        );
+        let before = disk.read(&segment_name(Lsn(21))).unwrap();
+        let (recovered, lsns) = replay(&disk).unwrap();
+        assert_eq!(lsns, (20..=24).collect::<Vec<_>>());
+        assert_eq!(
+            recovered.tail,
+            Some((segment_name(Lsn(21)), offsets[2] + BLOCK as u64))
+        );
+        assert_eq!(recovered.truncated_bytes, 0);
+        assert_eq!(
+            disk.read(&segment_name(Lsn(21))).unwrap(),
+            before,
+            "old bytes kept"
+        );
+
+        // Ending inside an old batch's body (a multi-block old batch under one new block):
+        // zeroed like a torn tail, but only up to the largest batch.
+        let disk = SimDisk::new();
+        let big: String = "x".repeat(3 * BLOCK);
+        segment(&disk, 1, &[]);
+        disk.put(
+            &segment_name(Lsn(1)),
+            0,
+            &encode_batch(Lsn(1), &[(1, 1, big.as_bytes())]),
+        );
+        let bytes = disk.read(&segment_name(Lsn(1))).unwrap();
+        disk.remove(&segment_name(Lsn(1)));
+        disk.put(&segment_name(Lsn(9)), 0, &bytes);
+        disk.put(
+            &segment_name(Lsn(9)),
+            0,
+            &encode_batch(Lsn(9), &[(1, 1, b"9")]),
+        );
+        let (recovered, lsns) = replay(&disk).unwrap();
+        assert_eq!((lsns, recovered.next_lsn), (vec![9], Lsn(10)));
+        assert_eq!(recovered.truncated_bytes, 3 * BLOCK as u64);
+        assert_eq!(replay(&disk).unwrap().0.truncated_bytes, 0, "zeroed once");
+
+        // A torn new batch over old data is a torn tail; old batches after it are not
+        // corruption, a new one is.
+        let disk = SimDisk::new();
+        let offsets = recycled(
+            &disk,
+            1,
+            &[(1, 2), (3, 2), (5, 2), (7, 2)],
+            21,
+            &[(21, 1), (22, 2)],
+        );
+        disk.corrupt(&segment_name(Lsn(21)), offsets[1] + 40, 0x01);
+        let (recovered, lsns) = replay(&disk).unwrap();
+        assert_eq!((lsns, recovered.next_lsn), (vec![21], Lsn(22)));
+        assert!(recovered.truncated_bytes > 0);
+        let disk = SimDisk::new();
+        let offsets = recycled(
+            &disk,
+            1,
+            &[(1, 2), (3, 2), (5, 2), (7, 2)],
+            21,
+            &[(21, 1), (22, 2), (24, 1)],
+        );
+        disk.corrupt(&segment_name(Lsn(21)), offsets[1] + 40, 0x01);
+        expect_corrupt(verify(&disk), 21, offsets[1]);
+
+        // An older recycled segment: old bytes after its data, the log goes on in the next.
+        let disk = SimDisk::new();
+        recycled(&disk, 1, &[(1, 2), (3, 2), (5, 2)], 11, &[(11, 3)]);
+        segment(&disk, 14, &[(14, 1)]);
+        let (recovered, lsns) = replay(&disk).unwrap();
+        assert_eq!((lsns, recovered.next_lsn), (vec![11, 12, 13, 14], Lsn(15)));
+        assert_eq!(recovered.truncated_bytes, 0);
     }
 
     #[test]

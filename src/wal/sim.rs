@@ -7,15 +7,16 @@
 //! Every I/O future yields once before it takes effect, so a test that polls the writer
 //! step by step can crash it between a write and its fdatasync.
 //!
-//! It also checks the writer: writes must be BLOCK-aligned, and must never overwrite
-//! durable bytes that are not zero (a WAL appends; it never rewrites acknowledged data).
+//! It also checks the writer: writes must be BLOCK-aligned, and must never overwrite a
+//! block it synced since the file was created (a WAL appends; it never rewrites
+//! acknowledged data). A recycled file's old blocks may be overwritten.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::rc::Rc;
 
-use super::format::{is_zero, parse_segment_name, BLOCK, SECTOR};
+use super::format::{is_zero, parse_segment_name, spare_name, BLOCK, SECTOR, SPARE_SUFFIX};
 use super::io::{SegmentDir, SegmentFile, SegmentSource};
 
 /// An in-memory disk; clones share the same files.
@@ -41,6 +42,8 @@ struct SimFile {
     synced: Vec<u8>,
     /// Indices of sectors written since the last sync.
     dirty: BTreeSet<usize>,
+    /// Indices of blocks synced since the file was created or recycled.
+    fresh: BTreeSet<usize>,
 }
 
 /// A segment file on a `SimDisk`.
@@ -141,6 +144,20 @@ impl SimDisk {
             .expect("removing a file that does not exist");
     }
 
+    /// Renames a durable segment to a spare (what `wal::io::retire_segments_before` does on
+    /// a real disk); the next `create` of that length reuses it, old bytes and all.
+    pub fn recycle(&self, name: &str) {
+        let mut state = self.inner.borrow_mut();
+        let mut file = state
+            .files
+            .remove(name)
+            .expect("recycling a file that does not exist");
+        assert!(file.dirty.is_empty(), "recycle a synced segment only");
+        file.fresh.clear();
+        let first = parse_segment_name(name).expect("a segment name").0;
+        state.files.insert(spare_name(first), file);
+    }
+
     pub fn file_names(&self) -> Vec<String> {
         self.inner.borrow().files.keys().cloned().collect()
     }
@@ -188,12 +205,17 @@ impl SegmentFile for SimSegment {
         }
         let file = state.file(&self.name, self.epoch)?;
         let (start, end) = (pos as usize, pos as usize + data.len());
-        let durable = &file.synced[start.min(file.synced.len())..end.min(file.synced.len())];
-        assert!(
-            is_zero(durable),
-            "write over durable data in {} at {pos}: a WAL never rewrites what it acknowledged",
-            self.name
-        );
+        for block in start / BLOCK..end / BLOCK {
+            let durable = file
+                .synced
+                .get(block * BLOCK..(block + 1) * BLOCK)
+                .unwrap_or(&[]);
+            assert!(
+                !file.fresh.contains(&block) || is_zero(durable),
+                "write over durable data in {} at {pos}: a WAL never rewrites what it acknowledged",
+                self.name
+            );
+        }
         if file.current.len() < end {
             file.current.resize(end, 0);
         }
@@ -217,6 +239,7 @@ impl SegmentFile for SimSegment {
         for sector in std::mem::take(&mut file.dirty) {
             let range = sector * SECTOR..(sector + 1) * SECTOR;
             file.synced[range.clone()].copy_from_slice(&file.current[range]);
+            file.fresh.insert(sector * SECTOR / BLOCK);
         }
         debug_assert_eq!(file.current, file.synced);
         state.syncs += 1;
@@ -227,28 +250,40 @@ impl SegmentFile for SimSegment {
 impl SegmentDir for SimDisk {
     type File = SimSegment;
 
-    async fn create(&self, name: &str, len: u64) -> io::Result<SimSegment> {
+    async fn create(&self, name: &str, len: u64) -> io::Result<(SimSegment, bool)> {
         futures_lite::future::yield_now().await;
         assert!(len % BLOCK as u64 == 0 && len > 0);
         let mut state = self.inner.borrow_mut();
         if state.files.contains_key(name) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
-        // Created, zero-filled, synced, directory synced: durable at once.
-        let zeros = vec![0u8; len as usize];
-        state.files.insert(
-            name.to_owned(),
-            SimFile {
-                current: zeros.clone(),
-                synced: zeros,
-                dirty: BTreeSet::new(),
-            },
-        );
-        Ok(SimSegment {
+        // A spare of this length renamed, or created zero-filled; either way synced and the
+        // directory synced: durable at once.
+        let spare = state
+            .files
+            .iter()
+            .find(|(n, f)| n.ends_with(SPARE_SUFFIX) && f.current.len() as u64 == len)
+            .map(|(n, _)| n.clone());
+        let reused = spare.is_some();
+        let file = match spare {
+            Some(spare) => state.files.remove(&spare).expect("found above"),
+            None => {
+                let zeros = vec![0u8; len as usize];
+                SimFile {
+                    current: zeros.clone(),
+                    synced: zeros,
+                    dirty: BTreeSet::new(),
+                    fresh: BTreeSet::new(),
+                }
+            }
+        };
+        state.files.insert(name.to_owned(), file);
+        let segment = SimSegment {
             disk: self.clone(),
             name: name.to_owned(),
             epoch: state.epoch,
-        })
+        };
+        Ok((segment, reused))
     }
 
     async fn open(&self, name: &str) -> io::Result<SimSegment> {
@@ -291,20 +326,22 @@ impl SegmentSource for SimDisk {
         Ok(file.current.clone())
     }
 
-    fn zero_from(&self, name: &str, offset: u64) -> io::Result<()> {
+    fn zero_range(&self, name: &str, offset: u64, len: u64) -> io::Result<()> {
         let mut state = self.inner.borrow_mut();
         let file = state
             .files
             .get_mut(name)
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let at = offset as usize;
+        let end = offset.saturating_add(len).min(file.current.len() as u64) as usize;
         for data in [&mut file.current, &mut file.synced] {
-            if at < data.len() {
-                data[at..].fill(0);
+            if at < end {
+                data[at..end].fill(0);
             }
         }
-        // Sectors wholly past `offset` are now zero in both copies, hence clean.
-        file.dirty.retain(|&sector| sector * SECTOR < at);
+        // Sectors wholly inside the range are now zero in both copies, hence clean.
+        file.dirty
+            .retain(|&sector| sector * SECTOR < at || (sector + 1) * SECTOR > end);
         Ok(())
     }
 }
@@ -336,7 +373,7 @@ mod tests {
     #[test]
     fn crash_keeps_synced_and_drops_unsynced() {
         let disk = SimDisk::new();
-        let file = block_on(disk.create("a.wal", 4 * BLOCK as u64)).unwrap();
+        let (file, _) = block_on(disk.create("a.wal", 4 * BLOCK as u64)).unwrap();
         block_on(file.write_at(&[1u8; BLOCK], 0)).unwrap();
         block_on(file.sync()).unwrap();
         block_on(file.write_at(&[2u8; BLOCK], BLOCK as u64)).unwrap();
@@ -352,7 +389,7 @@ mod tests {
     fn crash_is_deterministic_and_tears_at_sector_granularity() {
         let run = |seed: u64| {
             let disk = SimDisk::new();
-            let file = block_on(disk.create("a.wal", 64 * BLOCK as u64)).unwrap();
+            let (file, _) = block_on(disk.create("a.wal", 64 * BLOCK as u64)).unwrap();
             block_on(file.write_at(&[7u8; 64 * BLOCK], 0)).unwrap();
             disk.crash(seed);
             disk.read("a.wal").unwrap()
@@ -376,7 +413,7 @@ mod tests {
     #[test]
     fn failures_are_injected_once() {
         let disk = SimDisk::new();
-        let file = block_on(disk.create("a.wal", BLOCK as u64)).unwrap();
+        let (file, _) = block_on(disk.create("a.wal", BLOCK as u64)).unwrap();
         disk.fail_next_write();
         assert!(block_on(file.write_at(&[1u8; BLOCK], 0)).is_err());
         block_on(file.write_at(&[1u8; BLOCK], 0)).unwrap();
@@ -392,9 +429,35 @@ mod tests {
     #[should_panic(expected = "never rewrites")]
     fn rewriting_durable_data_is_caught() {
         let disk = SimDisk::new();
-        let file = block_on(disk.create("a.wal", BLOCK as u64)).unwrap();
+        let (file, _) = block_on(disk.create("a.wal", BLOCK as u64)).unwrap();
         block_on(file.write_at(&[1u8; BLOCK], 0)).unwrap();
         block_on(file.sync()).unwrap();
         let _ = block_on(file.write_at(&[2u8; BLOCK], 0));
+    }
+
+    #[test]
+    fn a_recycled_file_keeps_its_old_bytes_until_overwritten() {
+        let disk = SimDisk::new();
+        let name = "00000000000000000001.wal";
+        let (file, reused) = block_on(disk.create(name, 2 * BLOCK as u64)).unwrap();
+        assert!(!reused);
+        block_on(file.write_at(&[1u8; 2 * BLOCK], 0)).unwrap();
+        block_on(file.sync()).unwrap();
+        disk.recycle(name);
+        assert_eq!(disk.file_names(), [spare_name(1)]);
+        assert!(disk.list().unwrap().is_empty(), "a spare is not a segment");
+        let (file, reused) =
+            block_on(disk.create("00000000000000000009.wal", 2 * BLOCK as u64)).unwrap();
+        assert!(reused);
+        // Old blocks may be overwritten; what this incarnation synced may not.
+        block_on(file.write_at(&[2u8; BLOCK], 0)).unwrap();
+        block_on(file.sync()).unwrap();
+        let bytes = disk.read("00000000000000000009.wal").unwrap();
+        assert!(bytes[..BLOCK].iter().all(|&b| b == 2));
+        assert!(bytes[BLOCK..].iter().all(|&b| b == 1));
+        let rewrite = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            block_on(file.write_at(&[3u8; BLOCK], 0))
+        }));
+        assert!(rewrite.is_err(), "rewriting a synced block is caught");
     }
 }

@@ -110,6 +110,8 @@ pub struct WalStats {
     pub bytes_written: u64,
     pub syncs: u64,
     pub segments_created: u64,
+    /// Of `segments_created`, those that were recycled spares (no zero-fill).
+    pub segments_reused: u64,
     /// Padded size of the last batch written.
     pub last_batch_bytes: u64,
     pub sync_micros_sum: u64,
@@ -428,7 +430,7 @@ impl<D: SegmentDir> WalWriter<D> {
                 // The previous segment is complete and synced (every batch is synced
                 // before the next is written), so the new one can be created now.
                 let name = segment_name(batch.first_lsn);
-                let file = inner
+                let (file, reused) = inner
                     .dir
                     .create(&name, config.segment_bytes)
                     .await
@@ -445,6 +447,7 @@ impl<D: SegmentDir> WalWriter<D> {
                     offset: 0,
                 });
                 state.stats.segments_created += 1;
+                state.stats.segments_reused += u64::from(reused);
                 (file, name, 0)
             }
         };
@@ -669,9 +672,10 @@ mod tests {
         })
         .unwrap();
         let lsns: Vec<u64> = records.iter().map(|r| r.0).collect();
+        let first = recovered.next_lsn.0 - lsns.len() as u64;
         assert_eq!(
             lsns,
-            (1..=lsns.len() as u64).collect::<Vec<_>>(),
+            (first..recovered.next_lsn.0).collect::<Vec<_>>(),
             "LSNs are continuous"
         );
         (recovered, records)
@@ -999,7 +1003,9 @@ mod tests {
     /// Random workloads against the real writer, crashed at random points (including
     /// between a write and its fdatasync, and after injected failures), then recovered:
     /// every record acknowledged before the crash is there, with its payload, and LSNs
-    /// are continuous. Several crash/recover cycles per seed.
+    /// are continuous. Several crash/recover cycles per seed. Odd seeds also retire
+    /// segments wholly acknowledged (as checkpoints do), keeping up to two as spares that
+    /// the writer then reuses: old batches under new ones.
     fn poll_waiters(waiters: &mut Vec<(u64, Boxed<Result<(), WalError>>)>, acknowledged: &mut u64) {
         waiters.retain_mut(|(lsn, waiter)| match poll_once(waiter) {
             Poll::Ready(Ok(())) => {
@@ -1017,6 +1023,7 @@ mod tests {
         let mut torn_tails = 0;
         let mut rotations = 0;
         let mut acknowledgements = 0;
+        let (mut retired, mut reused) = (0, 0);
         for seed in 0..300u64 {
             let disk = SimDisk::new();
             let mut rng = SplitMix64(seed);
@@ -1031,7 +1038,7 @@ mod tests {
             for cycle in 0..4u64 {
                 let (recovered, records) = replay_all(&disk);
                 assert!(
-                    records.len() as u64 >= acknowledged,
+                    recovered.next_lsn.0 > acknowledged,
                     "seed {seed}: lost acknowledged records"
                 );
                 for (lsn, bytes) in &records {
@@ -1041,7 +1048,7 @@ mod tests {
                         "seed {seed}: wrong payload at LSN {lsn}"
                     );
                 }
-                log.truncate(records.len());
+                log.truncate(recovered.next_lsn.0 as usize - 1);
                 torn_tails += u64::from(recovered.truncated_bytes > 0);
                 assert_eq!(verify(&disk).unwrap().torn_tail_bytes, 0);
 
@@ -1085,6 +1092,9 @@ mod tests {
                             }
                         }
                         8 => poll_waiters(&mut waiters, &mut acknowledged),
+                        _ if seed % 2 == 1 && rng.below(2) == 0 => {
+                            retired += retire(&disk, acknowledged)
+                        }
                         _ => match rng.below(20) {
                             0 => disk.fail_next_sync(),
                             1 => disk.fail_next_write(),
@@ -1098,6 +1108,7 @@ mod tests {
                 assert!(acknowledged <= durable);
                 acknowledgements += acknowledged;
                 rotations += wal.stats().segments_created;
+                reused += wal.stats().segments_reused;
                 drop((flusher, waiters, wal));
                 if rng.below(4) == 0 {
                     disk.crash_dropping_all_unsynced();
@@ -1113,5 +1124,36 @@ mod tests {
             "acknowledgements: {acknowledgements}"
         );
         assert!(rotations > 100, "rotations: {rotations}");
+        assert!(
+            retired > 100 && reused > 50,
+            "retired {retired}, reused {reused}"
+        );
+    }
+
+    /// What `wal::io::retire_segments_before` does, on the simulated disk: every segment
+    /// whose records all lie at or before `checkpoint` (never the newest) becomes a spare
+    /// while fewer than two exist, else is removed. Returns how many were retired.
+    fn retire(disk: &SimDisk, checkpoint: u64) -> u64 {
+        let segments = crate::wal::io::SegmentSource::list(disk).unwrap();
+        let mut spares = disk
+            .file_names()
+            .iter()
+            .filter(|n| n.ends_with(crate::wal::format::SPARE_SUFFIX))
+            .count();
+        let mut retired = 0;
+        for pair in segments.windows(2) {
+            let next = parse_segment_name(&pair[1]).unwrap();
+            if next.0 > checkpoint + 1 {
+                break;
+            }
+            if spares < crate::wal::format::SPARES_KEPT {
+                disk.recycle(&pair[0]);
+                spares += 1;
+            } else {
+                disk.remove(&pair[0]);
+            }
+            retired += 1;
+        }
+        retired
     }
 }
