@@ -170,6 +170,12 @@ pub fn render(
         &|s| s.wal_segments_deleted,
     );
     gauge(
+        "store_wal_records_read_total",
+        "Durable records the store writer read back from the WAL's segments (the in-memory \
+         hand-off was full).",
+        &|s| s.store_wal_records_read,
+    );
+    gauge(
         "wal_segments_recycled_total",
         "WAL segments kept as spares after a checkpoint covered them.",
         &|s| s.wal_segments_recycled,

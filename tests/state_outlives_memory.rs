@@ -147,6 +147,9 @@ fn evicted_payments_are_captured_voided_refunded_and_read_after_kill9() {
         reused >= 1 && reused <= created,
         "created {created}, reused {reused}"
     );
+    // Fewer batches than the in-memory hand-off holds were written: the store writer read
+    // none of them back from disk.
+    assert_eq!(metric(&s, "store_wal_records_read_total"), 0);
 
     s.kill9();
     s.spawn();

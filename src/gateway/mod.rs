@@ -926,6 +926,11 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                     .segments_recycled
                     .load(std::sync::atomic::Ordering::Relaxed)
             }),
+            store_wal_records_read: self.store.as_ref().map_or(0, |s| {
+                s.progress()
+                    .wal_records_read
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
             wal_segments_created: wal.segments_created,
             wal_segments_reused: wal.segments_reused,
             store_failures: self.store.as_ref().map_or(0, |s| {

@@ -11,6 +11,9 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::wal::tap::DurableTap;
 
 /// A cursor over one shard's WAL directory.
 pub struct WalTail {
@@ -167,6 +170,101 @@ impl WalTail {
     }
 }
 
+/// A shard's durable records in LSN order, from its `DurableTap` while that continues the log,
+/// else from the segments (`WalTail`): the records the tap dropped because it was full, or all
+/// of them when there is no tap.
+pub struct DurableRecords {
+    tail: WalTail,
+    tap: Option<Arc<DurableTap>>,
+    /// A batch taken from the tap that lies after a gap (read the gap from disk first).
+    held: Option<Box<[u8]>>,
+    next_lsn: Lsn,
+    /// Records returned from disk.
+    from_disk: u64,
+}
+
+impl DurableRecords {
+    /// A reader at record `lsn` of the log in `dir`.
+    pub fn at(dir: &Path, lsn: Lsn, tap: Option<Arc<DurableTap>>) -> DurableRecords {
+        DurableRecords {
+            tail: WalTail::at(dir, lsn),
+            tap,
+            held: None,
+            next_lsn: lsn,
+            from_disk: 0,
+        }
+    }
+
+    /// Records returned that were read from the segments rather than the tap.
+    pub fn from_disk(&self) -> u64 {
+        self.from_disk
+    }
+
+    /// Calls `f` for each record after the cursor, whole batches at a time, until `durable`
+    /// (load it before calling: every batch up to it is in the tap or was dropped from it)
+    /// or until about `max` records were returned. Returns how many were returned.
+    pub fn read(
+        &mut self,
+        durable: Lsn,
+        max: usize,
+        mut f: impl FnMut(Lsn, u8, u8, &[u8]),
+    ) -> io::Result<usize> {
+        let mut returned = 0;
+        while returned < max {
+            if self.held.is_none() {
+                self.held = self.tap.as_ref().and_then(|tap| tap.take());
+            }
+            // Without a batch from the tap, read what it dropped from disk, up to `durable`;
+            // with one after a gap, up to just before it.
+            let disk_until = match &self.held {
+                None => durable,
+                Some(bytes) => {
+                    let batch = match decode_batch(bytes) {
+                        Ok(Some(batch)) => batch,
+                        other => panic!("the tap holds a batch the WAL encoded: {other:?}"),
+                    };
+                    if batch.last_lsn() < self.next_lsn {
+                        self.held = None; // read from disk already
+                        continue;
+                    }
+                    if batch.first_lsn() == self.next_lsn {
+                        for r in batch.records() {
+                            f(r.lsn, r.kind, r.version, r.payload);
+                            returned += 1;
+                        }
+                        self.next_lsn = Lsn(batch.last_lsn().0 + 1);
+                        self.held = None;
+                        continue;
+                    }
+                    assert!(
+                        batch.first_lsn() > self.next_lsn,
+                        "batches are the unit of both the tap and the segments"
+                    );
+                    Lsn(batch.first_lsn().0 - 1)
+                }
+            };
+            if self.next_lsn > disk_until {
+                break;
+            }
+            if self.tail.next_lsn() != self.next_lsn {
+                self.tail = WalTail::at(&self.tail.dir, self.next_lsn);
+            }
+            let n = self
+                .tail
+                .read(disk_until, max - returned, |lsn, kind, version, payload| {
+                    f(lsn, kind, version, payload)
+                })?;
+            self.from_disk += n as u64;
+            returned += n;
+            self.next_lsn = self.tail.next_lsn();
+            if n == 0 {
+                break; // durable, but not readable yet: try again later
+            }
+        }
+        Ok(returned)
+    }
+}
+
 /// Reads the batch at `offset`: its first block, then as much more as its header says the
 /// batch takes (at most `BATCH_BYTES_MAX`), so that a small batch costs one small read.
 /// Returns the bytes read (fewer at the end of the file).
@@ -301,5 +399,40 @@ mod tests {
         // The next record arrives over the old data.
         put_batches(dir.path(), 13, 2, &[15]);
         assert_eq!(tail.read(Lsn(15), 100, |_, _, _, _| {}).unwrap(), 1);
+    }
+
+    #[test]
+    fn durable_records_come_from_the_tap_and_what_it_dropped_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        put_batches(dir.path(), 1, 0, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        let batch = |lsn: u64| encode_batch(Lsn(lsn), &[(1, 1, &[lsn as u8; 10])]);
+        let tap = Arc::new(DurableTap::new(1 << 20, 2));
+        let mut records = DurableRecords::at(dir.path(), Lsn(1), Some(tap.clone()));
+        let mut read = |records: &mut DurableRecords, durable: u64| {
+            let mut seen = Vec::new();
+            records
+                .read(Lsn(durable), 100, |lsn, _, _, p| {
+                    assert_eq!(p, [lsn.0 as u8; 10]);
+                    seen.push(lsn.0)
+                })
+                .unwrap();
+            seen
+        };
+        assert!(tap.offer(&batch(1)) && tap.offer(&batch(2)));
+        assert!(!tap.offer(&batch(3)), "full");
+        assert_eq!(read(&mut records, 3), [1, 2, 3]);
+        assert_eq!(records.from_disk(), 1, "only the dropped one from disk");
+        assert!(tap.offer(&batch(4)) && tap.offer(&batch(5)));
+        assert_eq!(read(&mut records, 5), [4, 5]);
+        assert_eq!(records.from_disk(), 1);
+        // 6 and 7 dropped, 8 handed over: the gap is read from disk first.
+        assert!(tap.offer(&batch(8)));
+        assert_eq!(read(&mut records, 8), [6, 7, 8]);
+        assert_eq!(records.from_disk(), 3);
+        assert!(read(&mut records, 8).is_empty());
+        // Without a tap, everything from disk.
+        let mut records = DurableRecords::at(dir.path(), Lsn(3), None);
+        assert_eq!(read(&mut records, 8), [3, 4, 5, 6, 7, 8]);
+        assert_eq!(records.from_disk(), 6);
     }
 }

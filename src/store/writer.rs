@@ -20,11 +20,12 @@ use crate::ledger::command::decode_command;
 use crate::ledger::effects::apply_with_effects;
 use crate::ledger::state::command_now;
 use crate::ledger::{Changes, Command, Ledger};
-use crate::replication::source::WalTail;
+use crate::replication::source::DurableRecords;
 use crate::store::reader::StoreProgress;
 use crate::store::space::Space;
 use crate::store::{Batch, Change, Store, StoreError};
 use crate::wal::io::{prepare_spare, retire_segments_before, segment_firsts};
+use crate::wal::tap::DurableTap;
 use crate::wal::{recover_from, FsSource, Recovered};
 use crate::{info, warn};
 use std::collections::VecDeque;
@@ -220,9 +221,12 @@ impl StoreWriter {
 
     /// Runs the writer on its own thread until `stop` is set and everything durable is in
     /// the store, checkpointed. While free space is low it applies and commits nothing.
+    /// Durable records come from `tap` (handed over in memory by the shard's WAL writer) and
+    /// from the segments for what the tap dropped.
     pub fn spawn(
         mut self,
         durable: Arc<AtomicU64>,
+        tap: Option<Arc<DurableTap>>,
         stop: Arc<AtomicBool>,
         space: Arc<Space>,
         name: String,
@@ -233,13 +237,13 @@ impl StoreWriter {
             .name(name)
             .spawn(move || {
                 crate::affinity::pin_thread(&cores, "a store writer");
-                self.run(&durable, &stop)
+                self.run(&durable, tap, &stop)
             })
             .expect("spawn the store writer")
     }
 
-    fn run(mut self, durable: &AtomicU64, stop: &AtomicBool) {
-        let mut tail = WalTail::at(&self.wal_dir, Lsn(self.applied.0 + 1));
+    fn run(mut self, durable: &AtomicU64, tap: Option<Arc<DurableTap>>, stop: &AtomicBool) {
+        let mut tail = DurableRecords::at(&self.wal_dir, Lsn(self.applied.0 + 1), tap);
         let mut failing = false;
         let mut poll = POLL;
         loop {
@@ -258,6 +262,9 @@ impl StoreWriter {
                 if let Err(e) = read {
                     bad = Some(format!("reading {}: {e}", self.wal_dir.display()));
                 }
+                self.progress
+                    .wal_records_read
+                    .store(tail.from_disk(), Ordering::Relaxed);
                 if let Some(reason) = bad {
                     // The shard wrote these records itself: failing to read them back is a
                     // broken invariant, and a restart recovers from the last checkpoint.

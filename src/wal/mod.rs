@@ -7,13 +7,15 @@
 //!
 //! Map: `format` (the on-disk layout, documented there), `io` (the storage traits and
 //! `FsSource`), `writer` (append + group commit), `reader` (recover, verify, dump),
-//! `error`, `sim` (an in-memory disk with power loss for deterministic tests).
+//! `error`, `sim` (an in-memory disk with power loss for deterministic tests), `tap` (durable
+//! batches handed to the store writer in memory).
 
 pub mod error;
 pub mod format;
 pub mod io;
 pub mod reader;
 pub mod sim;
+pub mod tap;
 pub mod writer;
 
 pub use error::WalError;

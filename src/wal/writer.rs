@@ -17,6 +17,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use event_listener::Event;
@@ -29,6 +30,7 @@ use super::format::{
 };
 use super::io::{SegmentDir, SegmentFile};
 use super::reader::Recovered;
+use super::tap::DurableTap;
 use crate::domain::Lsn;
 
 /// What "durable" means.
@@ -154,6 +156,8 @@ struct State<F> {
     spare: Option<Taken>,
     /// The segment being written.
     segment: Option<Segment<F>>,
+    /// Where durable batches are also handed, in memory (`tap`).
+    tap: Option<Arc<DurableTap>>,
     stats: WalStats,
 }
 
@@ -228,6 +232,7 @@ impl<D: SegmentDir> WalWriter<D> {
             pending: Pending::default(),
             spare: None,
             segment,
+            tap: None,
             stats: WalStats::default(),
         };
         let inner = Inner {
@@ -329,6 +334,11 @@ impl<D: SegmentDir> WalWriter<D> {
 
     /// The group-commit loop; the shard spawns it once.
     ///
+    /// From now on, every batch is also offered to `tap` once it is durable.
+    pub fn set_tap(&self, tap: Arc<DurableTap>) {
+        self.inner.state.borrow_mut().tap = Some(tap);
+    }
+
     /// Takes everything appended so far and writes it as one batch (several if it exceeds
     /// the batch limit), each followed by fdatasync; appends made meanwhile wait for the
     /// next round. Rotates to a new segment, named by the first LSN of the batch that did
@@ -491,6 +501,11 @@ impl<D: SegmentDir> WalWriter<D> {
         );
         state.durable_lsn = batch.last_lsn().0;
         assert!(state.durable_lsn < state.next_lsn);
+        if let Some(tap) = &state.tap {
+            // The batch without its padding: the header says how long its body is.
+            let body = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
+            tap.offer(&bytes[..BATCH_HEADER_BYTES + body]);
+        }
         let stats = &mut state.stats;
         stats.batches += 1;
         stats.records += u64::from(batch.count);
