@@ -408,7 +408,7 @@ mod tests {
         let batch = |lsn: u64| encode_batch(Lsn(lsn), &[(1, 1, &[lsn as u8; 10])]);
         let tap = Arc::new(DurableTap::new(1 << 20, 2));
         let mut records = DurableRecords::at(dir.path(), Lsn(1), Some(tap.clone()));
-        let mut read = |records: &mut DurableRecords, durable: u64| {
+        let read = |records: &mut DurableRecords, durable: u64| {
             let mut seen = Vec::new();
             records
                 .read(Lsn(durable), 100, |lsn, _, _, p| {
