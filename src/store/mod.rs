@@ -27,8 +27,10 @@ use crate::ledger::state::{Account, Card, IdemRecord, Merchant, Payment, Scalars
 use crate::ledger::{Changes, Credit, Hash16, Ledger, MerchantId, Snapshot, TransferView};
 use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ACCOUNTS: TableDefinition<u64, &[u8]> = TableDefinition::new("accounts");
@@ -51,6 +53,11 @@ const META_APPLIED: &str = "applied_lsn";
 const META_SCALARS: &str = "scalars";
 const META_FORMAT: &str = "format";
 const META_CHANGES_BYTES: &str = "changes_bytes";
+/// The LSN the accounts table is current to (absent: every commit wrote accounts).
+const META_ACCOUNTS_AT: &str = "accounts_at";
+/// How long `export` and `seed` wait for the writer to bring the accounts table up to the
+/// LSN applied.
+const ACCOUNTS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Version of the rows' encoding (postcard of the ledger's types); bump with any change.
 pub const STORE_FORMAT: u64 = 1;
 
@@ -89,6 +96,9 @@ fn err(path: &Path, what: &str, e: impl fmt::Display) -> StoreError {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// A reader that needs the accounts table current (`export`, `seed`) asks the writer for
+    /// a commit that writes it.
+    accounts_wanted: AtomicBool,
 }
 
 impl Store {
@@ -110,6 +120,7 @@ impl Store {
         let store = Store {
             db,
             path: path.to_path_buf(),
+            accounts_wanted: AtomicBool::new(false),
         };
         store.init()?;
         Ok(store)
@@ -314,12 +325,51 @@ impl Store {
         Ok(first.map(|(k, _)| Lsn(k.value())))
     }
 
+    /// Whether a reader asked for the accounts table to be written; clears the request. The
+    /// writer asks before each commit.
+    pub fn take_accounts_wanted(&self) -> bool {
+        self.accounts_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// Asks the writer for a commit that writes the accounts table.
+    pub fn want_accounts(&self) {
+        self.accounts_wanted.store(true, Ordering::Release);
+    }
+
+    /// A read transaction in which the accounts table is current to the LSN applied. The
+    /// writer defers account rows to its checkpoints (an account's leaf is a random page per
+    /// record otherwise); this asks it for a commit that writes them, and waits for one.
+    fn read_with_accounts(&self) -> Result<(redb::ReadTransaction, Lsn), StoreError> {
+        let p = &self.path;
+        let deadline = std::time::Instant::now() + ACCOUNTS_WAIT;
+        loop {
+            let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
+            let applied = applied_in(p, &txn)?;
+            if accounts_at_in(p, &txn)?.is_none_or(|at| at == applied) {
+                return Ok((txn, applied));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(err(
+                    p,
+                    "accounts",
+                    format!(
+                        "the writer did not bring the accounts up to lsn {} within {} s",
+                        applied.0,
+                        ACCOUNTS_WAIT.as_secs()
+                    ),
+                ));
+            }
+            drop(txn);
+            self.want_accounts();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Every account and payment, and the LSN they are as of, from one consistent read
     /// (reconciliation; O(state), never on a request path).
     pub fn export(&self) -> Result<Export, StoreError> {
         let p = &self.path;
-        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
-        let applied = applied_in(p, &txn)?;
+        let (txn, applied) = self.read_with_accounts()?;
         let accounts = accounts_in(p, &txn)?;
         let mut payments = Vec::new();
         let table = txn
@@ -338,8 +388,7 @@ impl Store {
     /// that needs records the change log no longer has. O(state), never on a request path.
     pub fn seed(&self) -> Result<SeedReader, StoreError> {
         let p = &self.path;
-        let txn = self.db.begin_read().map_err(|e| err(p, "begin read", e))?;
-        let at = applied_in(p, &txn)?;
+        let (txn, at) = self.read_with_accounts()?;
         let meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
         let scalars = match meta.get(META_SCALARS).map_err(|e| err(p, "meta", e))? {
             Some(v) => Some(decode::<Scalars>(p, "scalars", v.value())?),
@@ -486,8 +535,14 @@ impl Batch<'_> {
             .transpose()
     }
 
-    /// Writes the rows named by `changes`, as `ledger` now holds them.
-    pub fn write(&mut self, ledger: &Ledger, changes: &Changes) -> Result<(), StoreError> {
+    /// Writes the rows named by `changes`, as `ledger` now holds them, except accounts:
+    /// those named by `accounts` (the writer defers them to its checkpoints).
+    pub fn write(
+        &mut self,
+        ledger: &Ledger,
+        changes: &Changes,
+        accounts: &BTreeSet<AccountId>,
+    ) -> Result<(), StoreError> {
         let p = &self.store.path.clone();
         let e = |what: &'static str| move |x: redb::Error| err(p, what, x);
         let txn = &self.txn;
@@ -495,7 +550,7 @@ impl Batch<'_> {
             let mut t = txn
                 .open_table(ACCOUNTS)
                 .map_err(|x| e("accounts")(x.into()))?;
-            for &id in &changes.accounts {
+            for &id in accounts {
                 let row = encode(ledger.account_row(id).expect("changed accounts exist"));
                 t.insert(id.0, row.as_slice())
                     .map_err(|x| e("accounts")(x.into()))?;
@@ -663,12 +718,23 @@ impl Batch<'_> {
 
     /// Records `applied` and the ledger's scalars, and commits: durable (fsync) when
     /// `durable`, else visible to readers now and durable with the next durable commit.
-    pub fn commit(self, ledger: &Ledger, applied: Lsn, durable: bool) -> Result<(), StoreError> {
+    /// `accounts_written`: this batch brought the accounts table up to `applied`.
+    pub fn commit(
+        self,
+        ledger: &Ledger,
+        applied: Lsn,
+        durable: bool,
+        accounts_written: bool,
+    ) -> Result<(), StoreError> {
         let p = &self.store.path;
         {
             let mut meta = self.txn.open_table(META).map_err(|e| err(p, "meta", e))?;
             meta.insert(META_APPLIED, applied.0.to_le_bytes().as_slice())
                 .map_err(|e| err(p, "meta", e))?;
+            if accounts_written {
+                meta.insert(META_ACCOUNTS_AT, applied.0.to_le_bytes().as_slice())
+                    .map_err(|e| err(p, "meta", e))?;
+            }
             meta.insert(META_SCALARS, encode(&ledger.scalars()).as_slice())
                 .map_err(|e| err(p, "meta", e))?;
         }
@@ -720,6 +786,18 @@ fn applied_in(p: &Path, txn: &redb::ReadTransaction) -> Result<Lsn, StoreError> 
     }
 }
 
+/// The LSN the accounts table is current to, when the writer recorded one.
+fn accounts_at_in(p: &Path, txn: &redb::ReadTransaction) -> Result<Option<Lsn>, StoreError> {
+    let meta = txn.open_table(META).map_err(|e| err(p, "meta", e))?;
+    let at = meta.get(META_ACCOUNTS_AT).map_err(|e| err(p, "meta", e))?;
+    match at {
+        None => Ok(None),
+        Some(v) => u64_from(v.value())
+            .map(|n| Some(Lsn(n)))
+            .map_err(|e| err(p, "accounts_at", e)),
+    }
+}
+
 /// Every account as of `txn`.
 fn accounts_in(
     p: &Path,
@@ -752,4 +830,76 @@ fn u64_from(bytes: &[u8]) -> Result<u64, String> {
         .try_into()
         .map_err(|_| format!("{} bytes, expected 8", bytes.len()))?;
     Ok(u64::from_le_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Currency;
+    use crate::ledger::{Command, Status};
+    use std::sync::Arc;
+
+    #[test]
+    fn readers_get_accounts_the_writer_deferred_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("store.redb"), 1 << 20).unwrap());
+        let mut ledger = Ledger::new(ShardId(0), 1);
+        ledger.track_changes();
+        let id = AccountId(7);
+        let create = Command::CreateAccount {
+            id,
+            currency: Currency::from_alpha("EUR").unwrap(),
+            initial: 100,
+            floor: 0,
+            amount_limit: None,
+            daily_count_limit: None,
+        };
+        ledger.apply(Lsn(1), &create);
+        let changes = ledger.take_changes();
+        let mut batch = store.begin().unwrap();
+        batch.write(&ledger, &changes, &changes.accounts).unwrap();
+        batch.commit(&ledger, Lsn(1), true, true).unwrap();
+
+        // Record 2 changes the account; the commit defers its row.
+        ledger.apply(
+            Lsn(2),
+            &Command::SetAccountStatus {
+                id,
+                status: Status::Blocked,
+            },
+        );
+        let changes = ledger.take_changes();
+        assert!(changes.accounts.contains(&id));
+        let mut batch = store.begin().unwrap();
+        batch.write(&ledger, &changes, &BTreeSet::new()).unwrap();
+        batch.commit(&ledger, Lsn(2), false, false).unwrap();
+        let txn = store.db.begin_read().unwrap();
+        assert_eq!(
+            accounts_in(&store.path, &txn).unwrap()[0].1.status,
+            Status::Active
+        );
+        drop(txn);
+
+        // A reader asks for them; the writer (here a thread) answers with a commit that
+        // writes them, and the reader sees them as of the LSN applied.
+        let writer = std::thread::spawn({
+            let store = store.clone();
+            move || {
+                while !store.take_accounts_wanted() {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                let mut batch = store.begin().unwrap();
+                batch
+                    .write(&ledger, &Changes::default(), &changes.accounts)
+                    .unwrap();
+                batch.commit(&ledger, Lsn(2), false, true).unwrap();
+            }
+        });
+        let (applied, accounts, _) = store.export().unwrap();
+        writer.join().unwrap();
+        assert_eq!(applied, Lsn(2));
+        assert_eq!(accounts.len(), 1);
+        assert_eq!(accounts[0].1.status, Status::Blocked);
+        assert_eq!(store.seed().unwrap().at, Lsn(2));
+    }
 }

@@ -15,7 +15,7 @@
 //! - a failed commit loses nothing: the changes stay in the writer's ledger, held in its
 //!   window, and are written again by the next attempt.
 
-use crate::domain::{Lsn, ShardId};
+use crate::domain::{AccountId, Lsn, ShardId};
 use crate::ledger::command::decode_command;
 use crate::ledger::effects::apply_with_effects;
 use crate::ledger::state::command_now;
@@ -28,7 +28,7 @@ use crate::wal::io::{prepare_spare, retire_segments_before, segment_firsts};
 use crate::wal::tap::DurableTap;
 use crate::wal::{recover_from, FsSource, Recovered};
 use crate::{info, warn};
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -120,6 +120,8 @@ pub struct StoreWriter {
     applied: Lsn,
     committed: Lsn,
     last_checkpoint: Instant,
+    /// Accounts changed since the accounts table was last written (`commit`).
+    deferred_accounts: BTreeSet<AccountId>,
     /// When a spare WAL segment may next be made (after a failure).
     next_spare_attempt: Instant,
     last_commit: Instant,
@@ -160,6 +162,7 @@ impl StoreWriter {
             applied: checkpoint,
             committed: checkpoint,
             last_checkpoint: Instant::now(),
+            deferred_accounts: BTreeSet::new(),
             next_spare_attempt: Instant::now(),
             last_commit: Instant::now(),
         };
@@ -397,7 +400,20 @@ impl StoreWriter {
     }
 
     fn commit(&mut self, mut batch: Batch<'_>, durable: bool) -> Result<(), StoreError> {
-        batch.write(&self.ledger, &self.unsaved)?;
+        // Account rows wait for a checkpoint (or a reader that needs them, `export`/`seed`):
+        // a record changes a random account, and a B-tree commit rewrites its whole leaf, so
+        // writing them every commit cost a random page per record. Bounded by what is
+        // provisioned; recovery replays the WAL after the checkpoint, which wrote them all.
+        self.deferred_accounts
+            .extend(self.unsaved.accounts.iter().copied());
+        let write_accounts = durable || self.store.take_accounts_wanted();
+        let none = BTreeSet::new();
+        let accounts = if write_accounts {
+            &self.deferred_accounts
+        } else {
+            &none
+        };
+        batch.write(&self.ledger, &self.unsaved, accounts)?;
         let mut bytes = self.changes_bytes;
         for (lsn, change) in &self.unsaved_changes {
             bytes += batch.put_change(*lsn, change)?;
@@ -410,7 +426,16 @@ impl StoreWriter {
             }
             batch.set_changes_bytes(bytes)?;
         }
-        batch.commit(&self.ledger, self.applied, durable)?;
+        if let Err(e) = batch.commit(&self.ledger, self.applied, durable, write_accounts) {
+            if write_accounts && !durable {
+                // A reader asked: ask again with the next commit.
+                self.store.want_accounts();
+            }
+            return Err(e);
+        }
+        if write_accounts {
+            self.deferred_accounts.clear();
+        }
         self.unsaved = Changes::default();
         self.unsaved_changes.clear();
         self.changes_bytes = bytes;
