@@ -19,6 +19,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
 
 /// How a shard reaches the others. Implemented over rings in `crate::shard::mesh`.
 pub trait Peers {
@@ -884,6 +885,12 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         let (accounts, cards, merchants, payments) = ledger.counts();
         let wal = self.wal.stats();
         let (latency, statuses) = crate::metrics::snapshot();
+        // A counter the store writer publishes (0 without a store).
+        let progress = |counter: fn(&crate::store::reader::StoreProgress) -> &AtomicU64| {
+            self.store.as_ref().map_or(0, |s| {
+                counter(s.progress()).load(std::sync::atomic::Ordering::Relaxed)
+            })
+        };
         ShardStats {
             shard: self.shard().0,
             accounts,
@@ -911,33 +918,13 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             payments_in_memory: ledger.payments_held().0,
             payment_window: ledger.payments_held().1.unwrap_or(0),
             store_applied_lsn: self.store.as_ref().map_or(0, |s| s.applied().0),
-            store_checkpoint_lsn: self.store.as_ref().map_or(0, |s| {
-                s.progress()
-                    .checkpoint
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            }),
-            wal_segments_deleted: self.store.as_ref().map_or(0, |s| {
-                s.progress()
-                    .segments_deleted
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            }),
-            wal_segments_recycled: self.store.as_ref().map_or(0, |s| {
-                s.progress()
-                    .segments_recycled
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            }),
-            store_wal_records_read: self.store.as_ref().map_or(0, |s| {
-                s.progress()
-                    .wal_records_read
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            }),
+            store_checkpoint_lsn: progress(|p| &p.checkpoint),
+            wal_segments_deleted: progress(|p| &p.segments_deleted),
+            wal_segments_recycled: progress(|p| &p.segments_recycled),
+            store_wal_records_read: progress(|p| &p.wal_records_read),
             wal_segments_created: wal.segments_created,
             wal_segments_reused: wal.segments_reused,
-            store_failures: self.store.as_ref().map_or(0, |s| {
-                s.progress()
-                    .failures
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            }),
+            store_failures: progress(|p| &p.failures),
             cold_reads: self.cold_reads.get(),
             store_shed: self.store_shed.get(),
             latency,
