@@ -215,7 +215,7 @@ impl Default for State {
     fn default() -> Self {
         State {
             cache_mb: 128,
-            checkpoint_interval_ms: 1000,
+            checkpoint_interval_ms: 10_000,
             commit_interval_ms: 100,
             read_threads: 2,
             read_timeout_ms: 50,
