@@ -3,16 +3,14 @@
 //! synced could still vanish in a power loss; a replica must never be ahead of the log).
 
 use crate::domain::Lsn;
-use crate::wal::format::{
-    decode_batch, parse_segment_name, segment_name, FormatError, BATCH_BYTES_MAX,
-    BATCH_HEADER_BYTES, BLOCK,
-};
+use crate::wal::format::{decode_batch, segment_name, BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BLOCK};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::wal::io::segment_firsts;
 use crate::wal::tap::DurableTap;
 
 /// A cursor over one shard's WAL directory.
@@ -69,14 +67,7 @@ impl WalTail {
             let file = self.segment.as_ref().expect("opened above");
             let n = read_batch(file, &mut self.window, self.offset)?;
             match decode_batch(&self.window[..n]) {
-                // A recycled segment's old data after this one's: the end of it.
-                Ok(Some(batch)) if batch.first_lsn() < self.segment_first => {
-                    if !self.next_segment_exists() {
-                        return Ok(returned);
-                    }
-                    self.segment = None;
-                }
-                Ok(Some(batch)) => {
+                Ok(Some(batch)) if batch.first_lsn() >= self.segment_first => {
                     if batch.first_lsn() != self.next_lsn {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
@@ -96,17 +87,11 @@ impl WalTail {
                     self.next_lsn = Lsn(batch.last_lsn().0 + 1);
                     self.offset += batch.encoded_len() as u64;
                 }
-                // The end of this segment's data: the log goes on in the next segment.
-                Ok(None) | Err(FormatError::ShortHeader { .. }) => {
-                    if !self.next_segment_exists() {
-                        return Ok(returned); // durable says more, but it is not readable yet
-                    }
-                    self.segment = None;
-                }
-                // Old bytes of a recycled segment after its data (the log goes on in the
-                // next segment), or durable records that do not decode yet: a write racing
-                // our read; retry later.
-                Err(_) => {
+                // The end of this segment's data (a zero header, the old batches of a
+                // recycled segment, or bytes that do not decode): the log goes on in the next
+                // segment. Without one, durable records are not readable yet (a write racing
+                // our read): retry later.
+                _ => {
                     if !self.next_segment_exists() {
                         return Ok(returned);
                     }
@@ -123,15 +108,7 @@ impl WalTail {
 
     /// Opens the segment holding `next_lsn`; false when there is none yet.
     fn open_segment(&mut self) -> io::Result<bool> {
-        let mut firsts: Vec<Lsn> = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter_map(|name| parse_segment_name(&name))
-                .collect(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        firsts.sort();
+        let firsts = segment_firsts(&self.dir)?;
         let Some(&first) = firsts.iter().rev().find(|&&l| l <= self.next_lsn) else {
             return Ok(false);
         };
