@@ -40,7 +40,8 @@ pub struct Replication {
     pub redis_maxlen: usize,
     /// Records per batch (one transaction each).
     pub batch_records: usize,
-    /// CPUs the sink threads may run on; keep them off the shards' cores. Empty = any CPU.
+    /// CPUs the sink threads may run on; keep them off the shards' cores. Empty = with pinned
+    /// shards, the CPUs no shard owns; any CPU when shards own them all or are not pinned.
     pub cores: Vec<usize>,
     /// Bytes of each shard's change log (every record's effects, in the store) kept for the
     /// sinks: a sink further behind is re-seeded from the store. (The WAL itself is kept only
@@ -207,7 +208,8 @@ pub struct State {
     /// Merchants per shard that the merchant table is sized for at start (0: as recovered).
     pub merchants_per_shard: usize,
     /// CPUs the store writer and reader threads run on; keep them off the shards' cores.
-    /// Empty = any CPU.
+    /// Empty = with pinned shards, the CPUs no shard owns; any CPU when shards own them all or
+    /// are not pinned.
     pub cores: Vec<usize>,
 }
 

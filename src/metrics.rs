@@ -196,6 +196,37 @@ pub fn render(
         &|s| s.store_failures,
     );
     gauge(
+        "store_commits_total",
+        "Store commits that were not checkpoints (each applies the durable records gathered \
+         for state.commit_interval_ms).",
+        &|s| s.store_commits,
+    );
+    gauge(
+        "store_commit_micros_total",
+        "Time spent in store commits that were not checkpoints.",
+        &|s| s.store_commit_micros,
+    );
+    gauge(
+        "store_commit_micros_max",
+        "Slowest store commit that was not a checkpoint.",
+        &|s| s.store_commit_micros_max,
+    );
+    gauge(
+        "store_checkpoints_total",
+        "Checkpoints: store commits made durable (fsync).",
+        &|s| s.store_checkpoints,
+    );
+    gauge(
+        "store_checkpoint_micros_total",
+        "Time spent in checkpoints, fsync included.",
+        &|s| s.store_checkpoint_micros,
+    );
+    gauge(
+        "store_checkpoint_micros_max",
+        "Slowest checkpoint, fsync included.",
+        &|s| s.store_checkpoint_micros_max,
+    );
+    gauge(
         "store_cold_reads_total",
         "Payments read back from the store.",
         &|s| s.cold_reads,

@@ -152,6 +152,13 @@ pub struct ShardStats {
     pub wal_segments_created: u64,
     pub wal_segments_reused: u64,
     pub store_failures: u64,
+    /// Store commits (not checkpoints) and checkpoints: count, total and slowest time.
+    pub store_commits: u64,
+    pub store_commit_micros: u64,
+    pub store_commit_micros_max: u64,
+    pub store_checkpoints: u64,
+    pub store_checkpoint_micros: u64,
+    pub store_checkpoint_micros_max: u64,
     /// Payments read back from the store, and requests shed because it could not answer.
     pub cold_reads: u64,
     pub store_shed: u64,

@@ -317,7 +317,25 @@ struct Shared {
 }
 
 /// Runs the gateway until SIGTERM/SIGINT. Returns after a clean drain.
-pub fn serve(config: Config) -> Result<(), StartError> {
+pub fn serve(mut config: Config) -> Result<(), StartError> {
+    // Helper threads with no cores of their own stay off the shards' cores when others exist:
+    // a store commit that lands on a shard's core delays every request of that shard.
+    let shard_cores: Option<Vec<usize>> = config.server.pin_cores.then(|| {
+        (0..config.shard_count() as usize)
+            .map(|k| config.server.cores.get(k).copied().unwrap_or(k))
+            .collect()
+    });
+    let allowed = crate::affinity::allowed_cpus();
+    config.state.cores =
+        crate::affinity::helper_cores(&config.state.cores, shard_cores.as_deref(), &allowed);
+    config.replication.cores =
+        crate::affinity::helper_cores(&config.replication.cores, shard_cores.as_deref(), &allowed);
+    if !config.state.cores.is_empty() {
+        info!(
+            "store threads on cores {:?}, replication on {:?}",
+            config.state.cores, config.replication.cores
+        );
+    }
     // Before any other thread exists: every thread inherits the blocked signal mask, so that
     // SIGTERM reaches the signal thread and never kills the process through another thread.
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -622,6 +640,10 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         sync,
         max_pending_bytes: config.wal.max_pending_bytes,
     };
+    if sync == SyncMode::Fdatasync {
+        let how = crate::shard::disk::raise_sync_thread_priority().await;
+        info!("shard {shard}: the WAL's sync thread runs at {how}");
+    }
     let wal = WalWriter::open(dir, &recovered, wal_config)
         .await
         .map_err(|e| e.to_string())?;

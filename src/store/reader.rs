@@ -65,6 +65,14 @@ pub struct StoreProgress {
     pub wal_records_read: AtomicU64,
     /// Failed store commits (each retried).
     pub failures: AtomicU64,
+    /// Store commits that were not checkpoints: how many, their time in all and the slowest.
+    pub commits: AtomicU64,
+    pub commit_micros: AtomicU64,
+    pub commit_micros_max: AtomicU64,
+    /// Checkpoints (durable commits, fsync included): how many, their time, the slowest.
+    pub checkpoints: AtomicU64,
+    pub checkpoint_micros: AtomicU64,
+    pub checkpoint_micros_max: AtomicU64,
 }
 
 /// A shard's handle on its store: cheap to clone, usable from the executor.

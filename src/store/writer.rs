@@ -426,6 +426,7 @@ impl StoreWriter {
             }
             batch.set_changes_bytes(bytes)?;
         }
+        let started = Instant::now();
         if let Err(e) = batch.commit(&self.ledger, self.applied, durable, write_accounts) {
             if write_accounts && !durable {
                 // A reader asked: ask again with the next commit.
@@ -433,6 +434,20 @@ impl StoreWriter {
             }
             return Err(e);
         }
+        let micros = started.elapsed().as_micros() as u64;
+        let p = &self.progress;
+        let (count, total, max) = if durable {
+            (
+                &p.checkpoints,
+                &p.checkpoint_micros,
+                &p.checkpoint_micros_max,
+            )
+        } else {
+            (&p.commits, &p.commit_micros, &p.commit_micros_max)
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        total.fetch_add(micros, Ordering::Relaxed);
+        max.fetch_max(micros, Ordering::Relaxed);
         if write_accounts {
             self.deferred_accounts.clear();
         }
