@@ -288,6 +288,7 @@ pub fn soak(s: &Scenario, pid: Option<u32>, check: bool, log: bool) -> Result<So
         w.store_lag_records = smp.store_lag_records;
         w.store_shed_total = smp.store_shed_total;
         w.store_cold_reads_total = smp.store_cold_reads_total;
+        w.steal = smp.steal;
     }
     let mut run = RunResult::new(s, &stats, started);
     if let (Some(admin), Some(before)) = (&mut p.admin, before) {
@@ -327,6 +328,7 @@ struct Sample {
     store_lag_records: Option<u64>,
     store_shed_total: Option<u64>,
     store_cold_reads_total: Option<u64>,
+    steal: Option<f64>,
 }
 
 /// The sampler thread: for each closed window (the latest, when several wait), reads the
@@ -341,15 +343,25 @@ fn sample(
     let mut out = Vec::new();
     let mut progress = Progress::default();
     let mut metric_errors = 0u64;
+    let mut cpu = cpu_times();
     while let Ok(mut w) = rx.recv() {
         // A slow /metrics must not make samples pile up: sample for the latest window.
         while let Ok(next) = rx.try_recv() {
             progress.add(&w, log);
             w = next;
         }
+        let now = cpu_times();
+        let steal = match (cpu, now) {
+            (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => {
+                Some(s1.saturating_sub(s0) as f64 / (t1 - t0) as f64)
+            }
+            _ => None,
+        };
+        cpu = now;
         let mut smp = Sample {
             window: w.index,
             rss_bytes: pid.and_then(rss_bytes),
+            steal,
             ..Sample::default()
         };
         if let Some(addr) = metrics {
@@ -369,8 +381,10 @@ fn sample(
                 }
             }
         }
-        progress.sampled(&smp);
+        // A window of a new 10 s line flushes the previous line first: its sample belongs to
+        // the new one.
         progress.add(&w, log);
+        progress.sampled(&smp);
         out.push(smp);
     }
     progress.flush(log);
@@ -390,10 +404,15 @@ struct Progress {
     rss_bytes: Option<u64>,
     payments_in_memory: Option<u64>,
     store_lag_records: Option<u64>,
+    /// Highest steal share sampled in this line's windows.
+    steal_max: Option<f64>,
 }
 
 impl Progress {
     fn sampled(&mut self, smp: &Sample) {
+        if let Some(st) = smp.steal {
+            self.steal_max = Some(self.steal_max.map_or(st, |m: f64| m.max(st)));
+        }
         self.rss_bytes = smp.rss_bytes.or(self.rss_bytes);
         self.payments_in_memory = smp.payments_in_memory.or(self.payments_in_memory);
         self.store_lag_records = smp.store_lag_records.or(self.store_lag_records);
@@ -435,6 +454,9 @@ impl Progress {
             if let Some(lag) = self.store_lag_records {
                 let _ = write!(line, "  store lag {lag}");
             }
+            if let Some(st) = self.steal_max {
+                let _ = write!(line, "  steal max {:.0}%", st * 100.0);
+            }
             eprintln!("{line}");
         }
         *self = Progress {
@@ -460,6 +482,23 @@ fn mib(bytes: u64) -> f64 {
 }
 
 /// The resident set of process `pid`, from /proc (None if it is gone).
+/// (steal, total) CPU time of the whole machine, in clock ticks, from /proc/stat.
+fn cpu_times() -> Option<(u64, u64)> {
+    parse_cpu_steal(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// (steal, total of user..steal) from the aggregate `cpu` line of a /proc/stat text.
+pub fn parse_cpu_steal(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line[4..]
+        .split_whitespace()
+        .take(8)
+        .map(|w| w.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    (ticks.len() == 8).then(|| (ticks[7], ticks.iter().sum()))
+}
+
 fn rss_bytes(pid: u32) -> Option<u64> {
     parse_vm_rss(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
@@ -732,6 +771,15 @@ mod tests {
         assert_eq!(parse_vm_rss("Name:\tkthreadd\nState:\tS\n"), None);
         assert_eq!(parse_vm_rss("VmRSS:\t12x kB\n"), None);
         assert_eq!(parse_vm_rss("VmRSS:\t12 parsecs\n"), None);
+        let stat = "cpu  100 5 50 700 20 0 5 120 0 0\ncpu0 50 0 25 350 10 0 2 60 0 0\n";
+        assert_eq!(parse_cpu_steal(stat), Some((120, 1000)));
+        assert_eq!(parse_cpu_steal("cpu  1 2 3\n"), None, "too few fields");
+        assert_eq!(
+            parse_cpu_steal("cpu0 1 2 3 4 5 6 7 8\n"),
+            None,
+            "no aggregate line"
+        );
+        assert!(cpu_times().is_some_and(|(st, total)| st <= total && total > 0));
         // Our own process has one.
         let me = rss_bytes(std::process::id()).expect("our own RSS");
         assert!(me > 1 << 20, "{me}");

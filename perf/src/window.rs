@@ -50,6 +50,9 @@ pub struct Window {
     pub store_lag_records: Option<u64>,
     pub store_shed_total: Option<u64>,
     pub store_cold_reads_total: Option<u64>,
+    /// Share of the machine's CPU time the hypervisor took (steal, /proc/stat) since the
+    /// previous sample: on a shared VM, what a stall may owe nothing to the gateway.
+    pub steal: Option<f64>,
 }
 
 /// Cumulative counts at the moment a window closes.
