@@ -640,7 +640,9 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         sync,
         max_pending_bytes: config.wal.max_pending_bytes,
     };
-    if sync == SyncMode::Fdatasync {
+    // Real-time priority only where the sync thread has cores no shard owns: sharing a core
+    // with an executor, it would preempt the shard it serves.
+    if sync == SyncMode::Fdatasync && config.server.pin_cores && !config.state.cores.is_empty() {
         let how = crate::shard::disk::raise_sync_thread_priority().await;
         info!("shard {shard}: the WAL's sync thread runs at {how}");
     }
