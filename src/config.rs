@@ -668,6 +668,20 @@ impl Config {
     }
 
     /// The number of shards to run: the configured count, or one per available core.
+    /// The core shard `k` is pinned to (with `server.pin_cores`).
+    pub fn shard_core(&self, k: usize) -> usize {
+        self.server.cores.get(k).copied().unwrap_or(k)
+    }
+
+    /// The cores the shards own: None when they are not pinned.
+    pub fn shard_cores(&self) -> Option<Vec<usize>> {
+        self.server.pin_cores.then(|| {
+            (0..self.shard_count() as usize)
+                .map(|k| self.shard_core(k))
+                .collect()
+        })
+    }
+
     pub fn shard_count(&self) -> u16 {
         if self.server.shards > 0 {
             return self.server.shards;

@@ -481,7 +481,6 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
 
-/// The resident set of process `pid`, from /proc (None if it is gone).
 /// (steal, total) CPU time of the whole machine, in clock ticks, from /proc/stat.
 fn cpu_times() -> Option<(u64, u64)> {
     parse_cpu_steal(&std::fs::read_to_string("/proc/stat").ok()?)
@@ -499,6 +498,7 @@ pub fn parse_cpu_steal(stat: &str) -> Option<(u64, u64)> {
     (ticks.len() == 8).then(|| (ticks[7], ticks.iter().sum()))
 }
 
+/// The resident set of process `pid`, from /proc (None if it is gone).
 fn rss_bytes(pid: u32) -> Option<u64> {
     parse_vm_rss(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }

@@ -186,7 +186,7 @@ fn short_write(written: usize, wanted: usize, pos: u64) -> io::Error {
 }
 
 /// Real-time priority of the thread that runs the WAL's fdatasync (SCHED_FIFO, the lowest).
-pub const SYNC_THREAD_RT_PRIORITY: i32 = 1;
+const SYNC_THREAD_RT_PRIORITY: i32 = 1;
 /// Nice value tried when real-time priority is not allowed.
 const SYNC_THREAD_NICE: i32 = -10;
 

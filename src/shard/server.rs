@@ -281,26 +281,15 @@ fn install_signal_thread(flag: Arc<AtomicBool>) {
     }
 }
 
-/// Shared by all shards: start-up barriers and the shutdown flag (start/stop only).
 /// Where each shard's blocking thread (its WAL fdatasync, see `shard::disk`) runs: never on
-/// a shard's core when it can be helped. On `state.cores` when set; else, with pinned
-/// shards, on the cores no shard uses; else anywhere.
+/// a shard's core when it can be helped, i.e. on `state.cores` (which `serve` fills with the
+/// cores no shard owns when it is empty); else anywhere.
 fn sync_thread_placement(config: &Config) -> glommio::PoolPlacement {
     use glommio::{CpuSet, PoolPlacement};
     let Ok(online) = CpuSet::online() else {
         return PoolPlacement::Unbound(1);
     };
-    let set = if !config.state.cores.is_empty() {
-        online.filter(|l| config.state.cores.contains(&l.cpu))
-    } else if config.server.pin_cores {
-        let shards = config.shard_count() as usize;
-        let used: Vec<usize> = (0..shards)
-            .map(|k| config.server.cores.get(k).copied().unwrap_or(k))
-            .collect();
-        online.filter(|l| !used.contains(&l.cpu))
-    } else {
-        return PoolPlacement::Unbound(1);
-    };
+    let set = online.filter(|l| config.state.cores.contains(&l.cpu));
     if set.is_empty() {
         PoolPlacement::Unbound(1)
     } else {
@@ -308,6 +297,7 @@ fn sync_thread_placement(config: &Config) -> glommio::PoolPlacement {
     }
 }
 
+/// Shared by all shards: start-up barriers and the shutdown flag (start/stop only).
 struct Shared {
     shutdown: Arc<AtomicBool>,
     drained: AtomicUsize,
@@ -320,11 +310,7 @@ struct Shared {
 pub fn serve(mut config: Config) -> Result<(), StartError> {
     // Helper threads with no cores of their own stay off the shards' cores when others exist:
     // a store commit that lands on a shard's core delays every request of that shard.
-    let shard_cores: Option<Vec<usize>> = config.server.pin_cores.then(|| {
-        (0..config.shard_count() as usize)
-            .map(|k| config.server.cores.get(k).copied().unwrap_or(k))
-            .collect()
-    });
+    let shard_cores = config.shard_cores();
     let allowed = crate::affinity::allowed_cpus();
     config.state.cores =
         crate::affinity::helper_cores(&config.state.cores, shard_cores.as_deref(), &allowed);
@@ -525,7 +511,7 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
     let parts = ledgers.into_iter().zip(recovered).zip(indexes).zip(stores);
     for (k, (((ledger, rec), idem), reader)) in parts.enumerate() {
         let placement = if config.server.pin_cores {
-            Placement::Fixed(config.server.cores.get(k).copied().unwrap_or(k))
+            Placement::Fixed(config.shard_core(k))
         } else {
             Placement::Unbound
         };
