@@ -62,9 +62,30 @@ pub fn helper_cores(
     }
 }
 
+/// True when helper threads placed on `helpers` never share a core with a pinned shard:
+/// they have cores of their own (what the WAL's sync thread needs for real-time priority).
+pub fn cores_of_their_own(helpers: &[usize], shard_cores: Option<&[usize]>) -> bool {
+    match shard_cores {
+        Some(shards) => !helpers.is_empty() && helpers.iter().all(|c| !shards.contains(c)),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn helpers_have_cores_of_their_own_only_apart_from_pinned_shards() {
+        assert!(cores_of_their_own(&[0], Some(&[1])));
+        assert!(cores_of_their_own(&[0, 2], Some(&[1, 3])));
+        assert!(!cores_of_their_own(&[0, 1], Some(&[1])), "shares core 1");
+        assert!(
+            !cores_of_their_own(&[], Some(&[0, 1])),
+            "anywhere: beside shards"
+        );
+        assert!(!cores_of_their_own(&[0], None), "shards not pinned");
+    }
 
     #[test]
     fn helpers_go_where_no_shard_runs() {

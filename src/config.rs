@@ -192,6 +192,10 @@ pub struct State {
     /// otherwise delay the WAL's fdatasync); the store lags the WAL by about this much. A
     /// checkpoint commits too, so the shorter of the two intervals applies.
     pub commit_interval_ms: u64,
+    /// Start writing each commit's pages to disk at once (sync_file_range), so that the
+    /// checkpoint's fsync has little left to flush and the WAL's fdatasync does not queue
+    /// behind a burst of the store's writes.
+    pub trickle_writeback: bool,
     /// Threads per shard that read cold payments from the store.
     pub read_threads: usize,
     /// A cold read that waited longer than this is answered 503 / 91.
@@ -219,6 +223,7 @@ impl Default for State {
             cache_mb: 128,
             checkpoint_interval_ms: 10_000,
             commit_interval_ms: 100,
+            trickle_writeback: true,
             read_threads: 2,
             read_timeout_ms: 50,
             min_free_mb: 256,

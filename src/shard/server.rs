@@ -144,6 +144,7 @@ fn try_recover_shard(
         commit_interval: Duration::from_millis(config.state.commit_interval_ms),
         window: writer_window,
         recycle_wal: true,
+        trickle_writeback: config.state.trickle_writeback,
         wal_segment_bytes: config.wal.segment_bytes,
         sinks,
         max_retained_bytes: config.replication.max_retained_bytes,
@@ -628,7 +629,9 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     };
     // Real-time priority only where the sync thread has cores no shard owns: sharing a core
     // with an executor, it would preempt the shard it serves.
-    if sync == SyncMode::Fdatasync && config.server.pin_cores && !config.state.cores.is_empty() {
+    let own_cores =
+        crate::affinity::cores_of_their_own(&config.state.cores, config.shard_cores().as_deref());
+    if sync == SyncMode::Fdatasync && own_cores {
         let how = crate::shard::disk::raise_sync_thread_priority().await;
         info!("shard {shard}: the WAL's sync thread runs at {how}");
     }

@@ -61,6 +61,8 @@ pub struct WriterConfig {
     pub window: usize,
     /// Retire WAL segments once a checkpoint covers them (kept as spares or deleted).
     pub recycle_wal: bool,
+    /// Start each commit's write-back at once (`Store::start_writeback`).
+    pub trickle_writeback: bool,
     /// The WAL's segment size: the size of the spare made ahead of need when there is none.
     pub wal_segment_bytes: u64,
     /// Each configured replication sink's stored LSN for this shard. When any sink is
@@ -124,6 +126,8 @@ pub struct StoreWriter {
     deferred_accounts: BTreeSet<AccountId>,
     /// When a spare WAL segment may next be made (after a failure).
     next_spare_attempt: Instant,
+    /// `start_writeback` failed last time (warned once until it works again).
+    writeback_failing: bool,
     last_commit: Instant,
 }
 
@@ -164,6 +168,7 @@ impl StoreWriter {
             last_checkpoint: Instant::now(),
             deferred_accounts: BTreeSet::new(),
             next_spare_attempt: Instant::now(),
+            writeback_failing: false,
             last_commit: Instant::now(),
         };
         let mut failure: Option<StoreError> = None;
@@ -450,6 +455,17 @@ impl StoreWriter {
         max.fetch_max(micros, Ordering::Relaxed);
         if write_accounts {
             self.deferred_accounts.clear();
+        }
+        if !durable && self.config.trickle_writeback {
+            // Only an optimisation: the checkpoint's fsync writes what this did not.
+            match self.store.start_writeback() {
+                Ok(()) => self.writeback_failing = false,
+                Err(e) if !self.writeback_failing => {
+                    warn!("{e} (the next checkpoint writes it all)");
+                    self.writeback_failing = true;
+                }
+                Err(_) => {}
+            }
         }
         self.unsaved = Changes::default();
         self.unsaved_changes.clear();
