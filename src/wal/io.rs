@@ -205,15 +205,23 @@ pub fn take_spare(dir: &Path, name: &str, len: u64) -> io::Result<bool> {
 /// Bytes written (and synced) per step by `prepare_spare`.
 const PREPARE_STEP: usize = 1 << 20;
 
-/// Makes a zero-filled spare of `len` bytes when `dir` has none, so that the WAL's next
-/// segment is a rename even before any segment was retired. Written in 1 MiB steps, each
-/// synced, so that it never queues a 64 MiB burst ahead of the WAL's fdatasync; under a
+/// Makes a zero-filled spare of `len` bytes when `dir` has fewer than `SPARES_KEPT`, so that
+/// the WAL's next two segments are renames even before any segment was retired: with one
+/// spare, a WAL that rotated twice between checkpoints zero-filled its second segment on the
+/// spot, 64 MiB in the middle of serving (BENCHMARKS.md, 2026-12-03). Written in 1 MiB steps,
+/// each synced, so that it never queues a 64 MiB burst ahead of the WAL's fdatasync; under a
 /// temporary name renamed at the end (a leftover from a crash is removed first). Returns
 /// whether one was made.
 pub fn prepare_spare(dir: &Path, len: u64) -> io::Result<bool> {
-    if !spares(dir)?.is_empty() {
+    let existing = spares(dir)?;
+    if existing.len() >= SPARES_KEPT {
         return Ok(false);
     }
+    // Spares made here are named 0, 1, ... (no segment had that first LSN): a free one.
+    let name = (0u64..)
+        .map(spare_name)
+        .find(|n| !dir.join(n).exists())
+        .expect("a free spare name");
     let tmp = dir.join("spare.tmp");
     let _ = std::fs::remove_file(&tmp);
     let made = (|| {
@@ -227,7 +235,7 @@ pub fn prepare_spare(dir: &Path, len: u64) -> io::Result<bool> {
             at += n as u64;
         }
         file.sync_all()?;
-        std::fs::rename(&tmp, dir.join(spare_name(0)))?;
+        std::fs::rename(&tmp, dir.join(&name))?;
         sync_dir(dir)
     })();
     if let Err(e) = made {
@@ -323,13 +331,20 @@ mod tests {
         assert!(!take_spare(dir, &segment_name(Lsn(51)), 3 * BLOCK as u64).unwrap());
         assert!(spares(dir).unwrap().is_empty());
 
-        // Made ahead of need only when there is none.
+        // Made ahead of need until there are SPARES_KEPT, each under a name of its own.
         std::fs::write(dir.join("spare.tmp"), b"left by a crash").unwrap();
         assert!(prepare_spare(dir, 3 * BLOCK as u64).unwrap());
+        assert!(prepare_spare(dir, 3 * BLOCK as u64).unwrap());
         assert!(!prepare_spare(dir, 3 * BLOCK as u64).unwrap());
+        assert_eq!(spares(dir).unwrap().len(), SPARES_KEPT);
         assert!(!dir.join("spare.tmp").exists());
         assert!(take_spare(dir, &segment_name(Lsn(51)), 3 * BLOCK as u64).unwrap());
+        assert!(take_spare(dir, &segment_name(Lsn(61)), 3 * BLOCK as u64).unwrap());
         assert_eq!(std::fs::read(seg(51)).unwrap(), [0u8; 3 * BLOCK]);
-        assert_eq!(segment_firsts(dir).unwrap(), [Lsn(31), Lsn(41), Lsn(51)]);
+        assert_eq!(std::fs::read(seg(61)).unwrap(), [0u8; 3 * BLOCK]);
+        assert_eq!(
+            segment_firsts(dir).unwrap(),
+            [Lsn(31), Lsn(41), Lsn(51), Lsn(61)]
+        );
     }
 }
