@@ -181,6 +181,11 @@ pub fn render(
         &|s| s.wal_segments_recycled,
     );
     gauge(
+        "wal_spares_prepared_total",
+        "Spare WAL segments zero-filled ahead of need by the store writer (fewer than two left).",
+        &|s| s.wal_spares_prepared,
+    );
+    gauge(
         "wal_segments_created_total",
         "WAL segments the writer began.",
         &|s| s.wal_segments_created,

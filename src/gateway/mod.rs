@@ -921,6 +921,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             store_checkpoint_lsn: progress(|p| &p.checkpoint),
             wal_segments_deleted: progress(|p| &p.segments_deleted),
             wal_segments_recycled: progress(|p| &p.segments_recycled),
+            wal_spares_prepared: progress(|p| &p.spares_prepared),
             store_wal_records_read: progress(|p| &p.wal_records_read),
             wal_segments_created: wal.segments_created,
             wal_segments_reused: wal.segments_reused,

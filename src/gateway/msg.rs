@@ -145,6 +145,7 @@ pub struct ShardStats {
     pub store_checkpoint_lsn: u64,
     pub wal_segments_deleted: u64,
     pub wal_segments_recycled: u64,
+    pub wal_spares_prepared: u64,
     /// Durable records the store writer read back from the segments (not handed over in
     /// memory: the tap was full).
     pub store_wal_records_read: u64,

@@ -60,6 +60,8 @@ pub struct StoreProgress {
     pub segments_deleted: AtomicU64,
     /// WAL segments kept as spares after checkpoints (the WAL reuses them).
     pub segments_recycled: AtomicU64,
+    /// Spare WAL segments the writer zero-filled ahead of need (fewer than two were left).
+    pub spares_prepared: AtomicU64,
     /// Durable records the writer read back from the WAL's segments (those the in-memory
     /// tap dropped because it was full).
     pub wal_records_read: AtomicU64,

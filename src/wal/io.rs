@@ -213,8 +213,7 @@ const PREPARE_STEP: usize = 1 << 20;
 /// temporary name renamed at the end (a leftover from a crash is removed first). Returns
 /// whether one was made.
 pub fn prepare_spare(dir: &Path, len: u64) -> io::Result<bool> {
-    let existing = spares(dir)?;
-    if existing.len() >= SPARES_KEPT {
+    if spares(dir)?.len() >= SPARES_KEPT {
         return Ok(false);
     }
     // Spares made here are named 0, 1, ... (no segment had that first LSN): a free one.
