@@ -21,9 +21,46 @@ pub const ENDPOINTS: [&str; 8] = [
 /// Slowest latency recorded exactly (60 s); slower ones are clamped.
 const LATENCY_MAX_MICROS: u64 = 60_000_000;
 
+/// Upper bounds (µs) of the pause histograms (`Buckets`): WAL fdatasync, shard tick
+/// lateness. Rendered as Prometheus `le` bounds in seconds.
+pub const PAUSE_BOUNDS_MICROS: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000,
+];
+
+/// A fixed-bucket histogram of pauses (counts per `PAUSE_BOUNDS_MICROS` bucket, the last
+/// one unbounded): constant size, recorded in O(buckets), summable across shards, which an
+/// HDR summary is not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Buckets {
+    counts: [u64; PAUSE_BOUNDS_MICROS.len() + 1],
+    sum_micros: u64,
+}
+
+impl Buckets {
+    pub fn record(&mut self, micros: u64) {
+        let k = PAUSE_BOUNDS_MICROS.partition_point(|&b| b < micros);
+        self.counts[k] += 1;
+        self.sum_micros = self.sum_micros.saturating_add(micros);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Cumulative counts per bound (`le`), the unbounded one last.
+    pub fn cumulative(&self) -> impl Iterator<Item = u64> + '_ {
+        self.counts.iter().scan(0u64, |acc, &c| {
+            *acc += c;
+            Some(*acc)
+        })
+    }
+}
+
 pub struct ShardMetrics {
     latency: Vec<Histogram<u64>>,
     statuses: [u64; 6],
+    tick_lateness: Buckets,
 }
 
 thread_local! {
@@ -33,7 +70,18 @@ thread_local! {
             .map(|_| Histogram::new_with_bounds(1, LATENCY_MAX_MICROS, 3).expect("valid bounds"))
             .collect(),
         statuses: [0; 6],
+        tick_lateness: Buckets::default(),
     });
+}
+
+/// How much later than asked the shard's periodic timer fired: time its executor did not
+/// run (a long task, a blocked thread, the thread not scheduled).
+pub fn record_tick_lateness(micros: u64) {
+    METRICS.with(|m| m.borrow_mut().tick_lateness.record(micros));
+}
+
+pub fn tick_lateness() -> Buckets {
+    METRICS.with(|m| m.borrow().tick_lateness)
 }
 
 /// Which endpoint a request path and method belong to.
@@ -244,6 +292,20 @@ pub fn render(
     gauge("http_requests_total", "HTTP requests handled.", &|s| {
         s.requests
     });
+    histogram(
+        &mut out,
+        stats,
+        "wal_fsync_seconds",
+        "WAL fdatasync latency.",
+        &|s| s.wal_sync_buckets,
+    );
+    histogram(
+        &mut out,
+        stats,
+        "shard_tick_lateness_seconds",
+        "How late the shard's periodic timer fired: time its executor did not run.",
+        &|s| s.tick_lateness,
+    );
     replication(&mut out, stats, sinks);
     let _ = writeln!(
         out,
@@ -283,6 +345,43 @@ pub fn render(
         }
     }
     out
+}
+
+/// A `Buckets` histogram per shard, in seconds.
+fn histogram(
+    out: &mut String,
+    stats: &[crate::gateway::msg::ShardStats],
+    name: &str,
+    help: &str,
+    f: &dyn Fn(&crate::gateway::msg::ShardStats) -> Buckets,
+) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "# HELP corepay_{name} {help}\n# TYPE corepay_{name} histogram"
+    );
+    for s in stats {
+        let b = f(s);
+        let les = PAUSE_BOUNDS_MICROS
+            .iter()
+            .map(|&m| format!("{}", m as f64 / 1e6))
+            .chain(std::iter::once("+Inf".to_string()));
+        for (le, n) in les.zip(b.cumulative()) {
+            let _ = writeln!(
+                out,
+                "corepay_{name}_bucket{{shard=\"{}\",le=\"{le}\"}} {n}",
+                s.shard
+            );
+        }
+        let _ = writeln!(
+            out,
+            "corepay_{name}_sum{{shard=\"{}\"}} {}\ncorepay_{name}_count{{shard=\"{}\"}} {}",
+            s.shard,
+            b.sum_micros as f64 / 1e6,
+            s.shard,
+            b.count()
+        );
+    }
 }
 
 /// One series per (sink, shard): how far behind the sink is, whether it is cut off from the
@@ -343,6 +442,59 @@ fn replication(
                 out,
                 "corepay_{name}{{sink=\"{sink}\",shard=\"{shard}\"}} {}",
                 read(status, durable)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_count_each_pause_under_the_first_bound_that_holds_it() {
+        let mut b = Buckets::default();
+        for micros in [0, 100, 101, 2_500, 2_501, 300_000, 9_000_000] {
+            b.record(micros);
+        }
+        let cumulative: Vec<u64> = b.cumulative().collect();
+        assert_eq!(cumulative.len(), PAUSE_BOUNDS_MICROS.len() + 1);
+        // le 100 µs: 0 and 100; le 250 µs: + 101; le 2.5 ms: + 2,500; le 5 ms: + 2,501;
+        // le 500 ms: + 300 ms; +Inf: + 9 s.
+        assert_eq!(&cumulative[..6], &[2, 3, 3, 3, 4, 5]);
+        assert_eq!(cumulative[10], 5, "le 250 ms");
+        assert_eq!(cumulative[11], 6, "le 500 ms");
+        assert_eq!(cumulative[13], 6, "le 2.5 s");
+        assert_eq!(cumulative[14], 7, "+Inf");
+        assert_eq!(b.count(), 7);
+        assert_eq!(b.sum_micros, 9_306_202);
+    }
+
+    #[test]
+    fn pause_histograms_render_cumulative_buckets_in_seconds_per_shard() {
+        let mut a = crate::gateway::msg::ShardStats::default();
+        a.wal_sync_buckets.record(300);
+        a.wal_sync_buckets.record(200_000);
+        let mut b = a.clone();
+        b.shard = 1;
+        b.wal_sync_buckets.record(3_000_000);
+        let text = render(&[a, b], &[]);
+        assert!(text.contains("# TYPE corepay_wal_fsync_seconds histogram"));
+        for line in [
+            "corepay_wal_fsync_seconds_bucket{shard=\"0\",le=\"0.00025\"} 0",
+            "corepay_wal_fsync_seconds_bucket{shard=\"0\",le=\"0.0005\"} 1",
+            "corepay_wal_fsync_seconds_bucket{shard=\"0\",le=\"0.1\"} 1",
+            "corepay_wal_fsync_seconds_bucket{shard=\"0\",le=\"0.25\"} 2",
+            "corepay_wal_fsync_seconds_bucket{shard=\"0\",le=\"+Inf\"} 2",
+            "corepay_wal_fsync_seconds_bucket{shard=\"1\",le=\"2.5\"} 2",
+            "corepay_wal_fsync_seconds_bucket{shard=\"1\",le=\"+Inf\"} 3",
+            "corepay_wal_fsync_seconds_sum{shard=\"0\"} 0.2003",
+            "corepay_wal_fsync_seconds_count{shard=\"1\"} 3",
+            "corepay_shard_tick_lateness_seconds_count{shard=\"0\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
             );
         }
     }

@@ -343,11 +343,32 @@ pub fn run_with(s: &Scenario, gen: Generator, opts: EngineOpts) -> Result<RunSta
     let s = s.clone();
     let handle = glommio::LocalExecutorBuilder::new(placement)
         .name("corepay-perf")
-        .spawn(move || async move { drive(s, gen, opts).await })
+        .spawn(move || async move {
+            if let Some(p) = s.load_rt_priority {
+                set_rt_priority(p)?;
+            }
+            drive(s, gen, opts).await
+        })
         .map_err(|e| format!("cannot start the load executor: {e}"))?;
     handle
         .join()
         .map_err(|e| format!("load executor failed: {e}"))?
+}
+
+/// SCHED_FIFO at `priority` for the calling thread only (the load executor), never for a
+/// gateway the harness starts.
+fn set_rt_priority(priority: i32) -> Result<(), String> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: a plain syscall on the calling thread (pid 0) with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(format!(
+            "--load-rt-priority {priority}: SCHED_FIFO refused: {} (needs root or CAP_SYS_NICE)",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 async fn drive(s: Scenario, gen: Generator, opts: EngineOpts) -> Result<RunStats, String> {

@@ -49,6 +49,11 @@ pub struct Scenario {
     pub drain_s: f64,
     /// Core to pin the load generator to (None: unpinned).
     pub core: Option<usize>,
+    /// SCHED_FIFO priority of the load generator's thread (None: normal). On a machine
+    /// shared with the gateway, the gateway's helper threads (its WAL sync thread runs at
+    /// SCHED_FIFO 1) otherwise delay the sends and reads, and every latency carries that
+    /// delay; priority 2 gives the harness what a machine of its own would.
+    pub load_rt_priority: Option<i32>,
     pub workload: Workload,
     pub mix: Mix,
     pub sweep: Sweep,
@@ -138,6 +143,7 @@ impl Default for Scenario {
             warmup_s: 2.0,
             drain_s: 5.0,
             core: None,
+            load_rt_priority: None,
             workload: Workload::default(),
             mix: Mix::default(),
             sweep: Sweep::default(),
@@ -267,6 +273,9 @@ impl Scenario {
         }
         if let Some(v) = args.parsed::<usize>("core")? {
             s.core = Some(v);
+        }
+        if let Some(v) = args.parsed::<i32>("load-rt-priority")? {
+            s.load_rt_priority = Some(v);
         }
         if let Some(v) = args.get("admin-key") {
             s.admin_key = Some(v.into());

@@ -912,6 +912,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             wal_bytes: wal.bytes_written,
             wal_sync_micros_sum: wal.sync_micros_sum,
             wal_sync_micros_max: wal.sync_micros_max,
+            wal_sync_buckets: wal.sync_buckets,
+            tick_lateness: crate::metrics::tick_lateness(),
             shed: self.shed.get(),
             requests: self.requests.get(),
             dropped_posts: 0,

@@ -133,6 +133,9 @@ pub struct ShardStats {
     pub wal_bytes: u64,
     pub wal_sync_micros_sum: u64,
     pub wal_sync_micros_max: u64,
+    pub wal_sync_buckets: crate::metrics::Buckets,
+    /// How late the shard's periodic timer fired (its executor not running).
+    pub tick_lateness: crate::metrics::Buckets,
     pub shed: u64,
     pub requests: u64,
     pub dropped_posts: u64,

@@ -730,7 +730,10 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     }
 
     while !shared.shutdown.load(Ordering::SeqCst) {
+        let asked = std::time::Instant::now();
         glommio::timer::sleep(TICK).await;
+        let late = asked.elapsed().saturating_sub(TICK);
+        crate::metrics::record_tick_lateness(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
         gateway.tick().await;
     }
 

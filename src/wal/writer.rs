@@ -118,6 +118,7 @@ pub struct WalStats {
     pub last_batch_bytes: u64,
     pub sync_micros_sum: u64,
     pub sync_micros_max: u64,
+    pub sync_buckets: crate::metrics::Buckets,
 }
 
 /// The write-ahead log of one shard. Cheap to clone; all clones are the same log.
@@ -515,6 +516,7 @@ impl<D: SegmentDir> WalWriter<D> {
             stats.syncs += 1;
             stats.sync_micros_sum += micros;
             stats.sync_micros_max = stats.sync_micros_max.max(micros);
+            stats.sync_buckets.record(micros);
         }
         drop(state);
         inner.durable.notify(usize::MAX);
