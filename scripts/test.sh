@@ -35,6 +35,9 @@ fi
 export COREPAY_ISO_PYTHON
 echo "   python for the interop test: $COREPAY_ISO_PYTHON"
 
+echo "== the systemd unit (syntax and sandboxing, offline)"
+scripts/check-unit.sh
+
 echo "== unit and integration tests"
 cargo test --workspace --lib --bins --tests -- --test-threads=2
 echo "== benchmarks, one iteration each (test mode)"
