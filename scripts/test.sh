@@ -35,6 +35,14 @@ fi
 export COREPAY_ISO_PYTHON
 echo "   python for the interop test: $COREPAY_ISO_PYTHON"
 
+echo "== promtool (Prometheus' linter, for tests/operations_metrics.rs)"
+if ! COREPAY_PROMTOOL="$(scripts/promtool-env.sh)"; then
+  echo "scripts/test.sh: could not find or unpack promtool (see above); /metrics and the alert rules cannot be checked" >&2
+  exit 1
+fi
+export COREPAY_PROMTOOL
+echo "   promtool: $COREPAY_PROMTOOL"
+
 echo "== the systemd unit (syntax and sandboxing, offline)"
 scripts/check-unit.sh
 

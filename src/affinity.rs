@@ -17,7 +17,7 @@ pub fn pin_thread(cores: &[usize], what: &str) {
             libc::CPU_SET(c, &mut set);
         }
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            warn!(
+            warn!("affinity.pin_failed":
                 "cannot pin {what} to cores {cores:?}: {}",
                 std::io::Error::last_os_error()
             );

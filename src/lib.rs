@@ -13,6 +13,7 @@ pub mod logline;
 pub mod metrics;
 pub mod replication;
 pub mod secrets;
+pub mod service;
 pub mod shard;
 pub mod store;
 pub mod wal;

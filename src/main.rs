@@ -68,6 +68,7 @@ fn main() -> ExitCode {
 }
 
 fn run_serve(file: Option<&Path>) -> Result<(), String> {
+    corepay::logline::init();
     let config = match file {
         Some(f) => Config::load(f).map_err(|e| e.to_string())?,
         None => Config::default(),

@@ -35,6 +35,23 @@ pub trait Peers {
     fn sleep(&self, d: std::time::Duration) -> impl Future<Output = ()>;
 }
 
+/// Why a request was answered 503 / 91 without being done: metrics count each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedReason {
+    /// The data directory is below `state.min_free_mb`.
+    DiskLow = 0,
+    /// The memory window has no slot the store has applied (it is behind or failing), or a
+    /// cold payment left it again while others loaded.
+    WindowFull = 1,
+    /// A store read did not answer within `state.read_timeout_ms`, or failed.
+    StoreRead = 2,
+    /// The WAL refused the record (back-pressure, poisoned, stopping).
+    WalFull = 3,
+}
+
+/// `ShedReason` names, as metric labels.
+pub const SHED_REASONS: [&str; 4] = ["disk_low", "window_full", "store_read", "wal_full"];
+
 /// Settings the gateway needs; the config module fills them.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -95,7 +112,8 @@ pub struct Gateway<D: SegmentDir, P: Peers> {
     last_resend: Cell<u64>,
     accepting: Cell<bool>,
     clock: fn() -> Millis,
-    pub shed: Cell<u64>,
+    /// Requests shed (503 / 91), per `ShedReason`.
+    pub shed: [Cell<u64>; SHED_REASONS.len()],
     pub requests: Cell<u64>,
     /// The shard's store: cold payments and due holds (`None`: every payment is in memory).
     store: Option<StoreReader>,
@@ -156,7 +174,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             last_resend: Cell::new(0),
             accepting: Cell::new(true),
             clock,
-            shed: Cell::new(0),
+            shed: Default::default(),
             requests: Cell::new(0),
             store,
             stores,
@@ -239,7 +257,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         );
         if !internal && self.stores.as_ref().is_some_and(|s| s.space.low()) {
             // The disk is nearly full (logged by the watcher): log nothing new.
-            self.shed.set(self.shed.get() + 1);
+            self.shed(ShedReason::DiskLow);
             self.store_shed.set(self.store_shed.get() + 1);
             return Err(ServiceError::Unavailable);
         }
@@ -249,7 +267,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             if !ledger.has_room_for(cmd) {
                 // A cold payment was evicted again while others loaded, or the window is full
                 // of changes the store has not applied yet (it is behind, or failing).
-                self.shed.set(self.shed.get() + 1);
+                self.shed(ShedReason::WindowFull);
                 self.store_shed.set(self.store_shed.get() + 1);
                 return Err(ServiceError::Unavailable);
             }
@@ -261,7 +279,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         {
             Ok(lsn) => lsn,
             Err(_) => {
-                self.shed.set(self.shed.get() + 1);
+                self.shed(ShedReason::WalFull);
                 return Err(ServiceError::Unavailable);
             }
         };
@@ -343,7 +361,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                 let _ = waiter.send(());
             }
             if !loaded {
-                self.shed.set(self.shed.get() + 1);
+                self.shed(ShedReason::StoreRead);
                 self.store_shed.set(self.store_shed.get() + 1);
                 return Err(ServiceError::Unavailable);
             }
@@ -352,6 +370,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         if held {
             Ok(())
         } else {
+            self.shed(ShedReason::WindowFull);
             self.store_shed.set(self.store_shed.get() + 1);
             Err(ServiceError::Unavailable)
         }
@@ -374,10 +393,13 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                 if ledger.transfer_held(&key) || ledger.load_transfer(key, view).is_ok() {
                     Ok(())
                 } else {
+                    drop(ledger);
+                    self.shed(ShedReason::WindowFull);
                     Err(ServiceError::Unavailable)
                 }
             }
             _ => {
+                self.shed(ShedReason::StoreRead);
                 self.store_shed.set(self.store_shed.get() + 1);
                 Err(ServiceError::Unavailable)
             }
@@ -629,6 +651,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                 Err(()) => {
                     self.idem.borrow_mut().end(key, None);
                     self.wake_idem(key, IdemBegin::Proceed);
+                    self.shed(ShedReason::StoreRead);
                     IdemBegin::Full // answered 503 / 91: the stores could not say in time
                 }
             },
@@ -643,7 +666,10 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             Local::Unknown => match self.find_idem_record(key, now).await {
                 Ok(Some((holder, _, _))) => IdemBegin::Replay(holder),
                 Ok(None) => IdemBegin::Proceed,
-                Err(()) => IdemBegin::Full,
+                Err(()) => {
+                    self.shed(ShedReason::StoreRead);
+                    IdemBegin::Full
+                }
             },
         }
     }
@@ -880,11 +906,15 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         self.ledger.borrow().outbox().next().is_none()
     }
 
+    fn shed(&self, reason: ShedReason) {
+        let n = &self.shed[reason as usize];
+        n.set(n.get() + 1);
+    }
+
     pub fn stats(&self) -> ShardStats {
         let ledger = self.ledger.borrow();
         let (accounts, cards, merchants, payments) = ledger.counts();
         let wal = self.wal.stats();
-        let (latency, statuses) = crate::metrics::snapshot();
         // A counter the store writer publishes (0 without a store).
         let progress = |counter: fn(&crate::store::reader::StoreProgress) -> &AtomicU64| {
             self.store.as_ref().map_or(0, |s| {
@@ -910,11 +940,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             wal_batches: wal.batches,
             wal_records: wal.records,
             wal_bytes: wal.bytes_written,
-            wal_sync_micros_sum: wal.sync_micros_sum,
-            wal_sync_micros_max: wal.sync_micros_max,
-            wal_sync_buckets: wal.sync_buckets,
-            tick_lateness: crate::metrics::tick_lateness(),
-            shed: self.shed.get(),
+            wal_sync_buckets: wal.sync_micros,
+            wal_batch_records: wal.batch_records,
+            shed: std::array::from_fn(|k| self.shed[k].get()),
             requests: self.requests.get(),
             dropped_posts: 0,
             payments_in_memory: ledger.payments_held().0,
@@ -936,8 +964,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             store_checkpoint_micros_max: progress(|p| &p.checkpoint_micros_max),
             cold_reads: self.cold_reads.get(),
             store_shed: self.store_shed.get(),
-            latency,
-            statuses,
+            metrics: crate::metrics::snapshot(),
+            data_free_bytes: self.stores.as_ref().map_or(0, |s| s.space.free_bytes()),
+            data_space_low: self.stores.as_ref().is_some_and(|s| s.space.low()),
         }
     }
 }

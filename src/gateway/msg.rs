@@ -131,12 +131,11 @@ pub struct ShardStats {
     pub wal_batches: u64,
     pub wal_records: u64,
     pub wal_bytes: u64,
-    pub wal_sync_micros_sum: u64,
-    pub wal_sync_micros_max: u64,
+    /// fdatasync latency (µs) and records per group commit.
     pub wal_sync_buckets: crate::metrics::Buckets,
-    /// How late the shard's periodic timer fired (its executor not running).
-    pub tick_lateness: crate::metrics::Buckets,
-    pub shed: u64,
+    pub wal_batch_records: crate::metrics::Buckets,
+    /// Requests shed (503 / 91), per `gateway::SHED_REASONS`.
+    pub shed: [u64; crate::gateway::SHED_REASONS.len()],
     pub requests: u64,
     pub dropped_posts: u64,
     /// Payments held in memory now, and the window's size (0: no window, all in memory).
@@ -166,9 +165,12 @@ pub struct ShardStats {
     /// Payments read back from the store, and requests shed because it could not answer.
     pub cold_reads: u64,
     pub store_shed: u64,
-    pub latency: Vec<crate::metrics::LatencySummary>,
-    /// Responses by status class: [_, 1xx, 2xx, 3xx, 4xx, 5xx].
-    pub statuses: [u64; 6],
+    /// What the shard's thread recorded: request latency, status classes, tick lateness.
+    pub metrics: crate::metrics::ShardSnapshot,
+    /// Free bytes on the data directory's filesystem, and whether new work is shed for it
+    /// (below `state.min_free_mb`).
+    pub data_free_bytes: u64,
+    pub data_space_low: bool,
 }
 
 /// Every answer.

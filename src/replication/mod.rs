@@ -187,7 +187,7 @@ pub fn start(
             r.handles.push(runner.spawn(make()));
             r.statuses.push((name, ShardId(k), status));
         }
-        crate::info!("replicating every shard to {name}");
+        crate::info!("replication.started": "replicating every shard to {name}");
     }
     if !r.statuses.is_empty() {
         r.handles.push(spawn_monitor(
@@ -229,13 +229,13 @@ fn spawn_monitor(
                     let lag = durable.saturating_sub(status.stored.load(Ordering::SeqCst));
                     let started = status.apply_started.load(Ordering::SeqCst);
                     if started != 0 && now.saturating_sub(started) > APPLY_SLOW_MILLIS {
-                        crate::warn!(
+                        crate::warn!("replication.batch_stuck": 
                             "{name} shard {shard}: a batch has been in flight for {} s (server hung?); \
                              {lag} records waiting; the gateway keeps serving",
                             (now - started) / 1000
                         );
                     } else if lag > last_lag[i] && lag > 1000 {
-                        crate::warn!("{name} shard {shard}: backlog growing, {lag} records behind the WAL");
+                        crate::warn!("replication.backlog_growing": "{name} shard {shard}: backlog growing, {lag} records behind the WAL");
                     }
                     last_lag[i] = lag;
                 }
@@ -256,7 +256,7 @@ impl Replicators {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         if self.handles.iter().any(|h| !h.is_finished()) {
-            crate::warn!(
+            crate::warn!("replication.behind_at_exit":
                 "replication not caught up at exit; it resumes from the WAL at the next start"
             );
         }

@@ -97,7 +97,7 @@ impl Runner {
                 match sink.progress(self.shard) {
                     Ok(stored) => {
                         if self.status.failures.swap(0, Ordering::SeqCst) > 0 {
-                            info!(
+                            info!("replication.sink_reachable":
                                 "{} shard {}: reachable again at lsn {}",
                                 sink.name(),
                                 self.shard,
@@ -134,7 +134,7 @@ impl Runner {
                         continue;
                     }
                     Err(e) => {
-                        warn!(
+                        warn!("replication.change_log_read_failed":
                             "{} shard {}: reading the change log: {e}",
                             sink.name(),
                             self.shard
@@ -173,7 +173,7 @@ impl Runner {
                 let seconds = oldest.map_or(0.0, |t| {
                     crate::gateway::system_clock().0.saturating_sub(t.0) as f64 / 1000.0
                 });
-                info!(
+                info!("replication.lag":
                     "{} shard {}: {lag} records ({seconds:.1} s) behind the WAL",
                     sink.name(),
                     self.shard
@@ -215,7 +215,7 @@ impl Runner {
         let oldest = self.store.oldest_change().ok().flatten();
         let started = Instant::now();
         let mut reader = self.store.seed().map_err(|e| e.to_string())?;
-        crate::warn!(
+        crate::warn!("replication.reseed_started":
             "{name} shard {}: needs records from lsn {} but the change log {}; re-seeding it \
              from the store: a full copy as of lsn {} ({} accounts), then the change log from \
              there. The gateway keeps serving",
@@ -266,7 +266,7 @@ impl Runner {
         self.status.stored.store(at.0, Ordering::SeqCst);
         self.status.gap.store(false, Ordering::SeqCst);
         self.status.reseeds.fetch_add(1, Ordering::SeqCst);
-        info!(
+        info!("replication.reseeded":
             "{name} shard {}: re-seeded as of lsn {} ({accounts} accounts, {payments_read} \
              payments) in {:.1} s; records {}..={} were summed, not stored one by one; \
              replicating from lsn {}",
@@ -288,7 +288,7 @@ impl Runner {
                 .durable
                 .load(Ordering::SeqCst)
                 .saturating_sub(self.status.stored.load(Ordering::SeqCst));
-            warn!(
+            warn!("replication.sink_unavailable":
                 "{sink} shard {}: unavailable ({error}); {failures} failures, {lag} records waiting; \
                  the gateway keeps serving",
                 self.shard

@@ -303,7 +303,10 @@ async fn read_loop<H: FrameHandler, R: futures_lite::AsyncRead + Unpin>(
             start += header + len;
             let (handler, task_conn) = (handler.clone(), conn.clone());
             glommio::spawn_local(async move {
+                let started = std::time::Instant::now();
                 let answer = handler.handle(&body).await;
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                crate::metrics::record_iso(crate::metrics::classify_mti(&body), micros);
                 drop(body);
                 task_conn.reply(answer, slot);
             })

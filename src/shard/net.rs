@@ -6,6 +6,7 @@ use crate::gateway::{Gateway, Peers};
 use crate::http::api::{Api, Response};
 use crate::http::wire::{self, Limits, Method, RequestReader, WireError};
 use crate::metrics;
+use crate::service::Phase;
 use crate::wal::SegmentDir;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -255,17 +256,16 @@ impl OperatorServer {
     pub fn bind<D: SegmentDir + 'static, P: Peers + 'static>(
         listen: &str,
         gateway: Rc<Gateway<D, P>>,
-        ready: Box<dyn Fn() -> bool>,
+        life: std::sync::Arc<crate::service::Lifecycle>,
         admin_key: &str,
         reconcile: crate::shard::server::Reconcile,
         sinks: crate::replication::SinkStatuses,
     ) -> std::io::Result<OperatorServer> {
         let listener = TcpListener::bind(listen)?;
-        let ready: Rc<dyn Fn() -> bool> = Rc::from(ready);
         let admin = Rc::new(crate::secrets::hash_api_key(admin_key));
         let task = glommio::spawn_local(async move {
             while let Ok(stream) = listener.accept().await {
-                let (gateway, ready) = (gateway.clone(), ready.clone());
+                let (gateway, life) = (gateway.clone(), life.clone());
                 let (admin, reconcile, sinks) = (admin.clone(), reconcile.clone(), sinks.clone());
                 glommio::spawn_local(async move {
                     let mut reader = RequestReader::new(stream, Limits::default());
@@ -273,9 +273,15 @@ impl OperatorServer {
                         return;
                     };
                     let (status, body) = match req.path.as_str() {
-                        "/healthz" => (200, "ok\n".to_string()),
-                        "/readyz" if ready() => (200, "ready\n".to_string()),
-                        "/readyz" => (503, "starting\n".to_string()),
+                        "/healthz" => match life.health() {
+                            Ok(()) => (200, "ok: every shard is making progress\n".to_string()),
+                            Err(why) => (503, format!("{why}\n")),
+                        },
+                        "/readyz" => match life.phase() {
+                            Phase::Serving => (200, "ready\n".to_string()),
+                            Phase::Recovering => (503, "starting\n".to_string()),
+                            Phase::Draining => (503, "draining\n".to_string()),
+                        },
                         "/metrics" => match gateway.all_stats().await {
                             Ok(stats) => (200, crate::metrics::render(&stats, &sinks)),
                             Err(_) => (503, "unavailable\n".to_string()),

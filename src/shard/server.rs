@@ -13,6 +13,7 @@ use crate::http::api::Api;
 use crate::iso8583::flows::IsoApi;
 use crate::ledger::Ledger;
 use crate::secrets::PanKey;
+use crate::service::Lifecycle;
 use crate::shard::disk::DmaSegmentDir;
 use crate::shard::iso_net::{IsoLimits, IsoServer};
 use crate::shard::mesh::{start_receivers, Envelope, MeshPeers};
@@ -98,7 +99,7 @@ pub fn recover_shard(
                 )));
             }
             let aside = path.with_extension("redb.damaged");
-            warn!(
+            warn!("store.rebuild_from_wal":
                 "shard {shard}: {e}; rebuilding it from the WAL (which holds every record); \
                  the damaged file is kept as {}",
                 aside.display()
@@ -253,7 +254,7 @@ fn admin_key(config: &Config) -> Result<String, StartError> {
             f.write_all(key.as_bytes())
                 .and_then(|_| f.sync_all())
                 .map_err(|e| StartError(format!("cannot write {}: {e}", path.display())))?;
-            info!("generated an admin key in {} (mode 0600)", path.display());
+            info!("secrets.admin_key_generated": "generated an admin key in {} (mode 0600)", path.display());
             Ok(key)
         }
         Err(e) => Err(StartError(format!("{}: {e}", path.display()))),
@@ -261,7 +262,7 @@ fn admin_key(config: &Config) -> Result<String, StartError> {
 }
 
 /// Blocks SIGTERM and SIGINT in every thread and turns them into `flag`.
-fn install_signal_thread(flag: Arc<AtomicBool>) {
+fn install_signal_thread(flag: Arc<AtomicBool>, life: Arc<Lifecycle>) {
     // SAFETY: sigset manipulation on a local, zero-initialised sigset_t.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -274,7 +275,8 @@ fn install_signal_thread(flag: Arc<AtomicBool>) {
             .spawn(move || loop {
                 let mut sig: libc::c_int = 0;
                 if libc::sigwait(&set, &mut sig) == 0 {
-                    info!("signal {sig}: draining and stopping");
+                    info!("service.signal": "signal {sig}: draining and stopping");
+                    life.draining();
                     flag.store(true, Ordering::SeqCst);
                 }
             })
@@ -302,7 +304,8 @@ fn sync_thread_placement(config: &Config) -> glommio::PoolPlacement {
 struct Shared {
     shutdown: Arc<AtomicBool>,
     drained: AtomicUsize,
-    ready: AtomicUsize,
+    /// Phase, readiness and each shard's heartbeat (`/readyz`, `/healthz`, systemd).
+    life: Arc<Lifecycle>,
     /// Shards whose own requests and credits are done at shutdown.
     stopped: AtomicUsize,
 }
@@ -318,7 +321,7 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
     config.replication.cores =
         crate::affinity::helper_cores(&config.replication.cores, shard_cores.as_deref(), &allowed);
     if !config.state.cores.is_empty() {
-        info!(
+        info!("service.helper_cores":
             "store threads on cores {:?}, replication on {:?}",
             config.state.cores, config.replication.cores
         );
@@ -326,8 +329,9 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
     // Before any other thread exists: every thread inherits the blocked signal mask, so that
     // SIGTERM reaches the signal thread and never kills the process through another thread.
     let shutdown = Arc::new(AtomicBool::new(false));
-    install_signal_thread(shutdown.clone());
     let shards = config.shard_count();
+    let life = Lifecycle::new(shards as usize);
+    install_signal_thread(shutdown.clone(), life.clone());
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| StartError(format!("cannot create {}: {e}", data_dir.display())))?;
@@ -339,10 +343,13 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
     let admin_key = admin_key(&config)?;
     let sync = config.sync_mode().map_err(|e| StartError(e.to_string()))?;
     if sync == SyncMode::None {
-        warn!("wal.sync = \"none\": NOTHING IS FSYNCED. A crash loses acknowledged payments. Benchmarks only.");
+        warn!("wal.sync_none": "wal.sync = \"none\": NOTHING IS FSYNCED. A crash loses acknowledged payments. Benchmarks only.");
     }
 
     let started = std::time::Instant::now();
+    crate::service::status(&format!(
+        "recovering {shards} shards: opening each store, replaying the WAL after its checkpoint"
+    ));
     // Shards recover in parallel, one thread each, before any executor starts.
     let progress: Vec<Arc<StoreProgress>> = (0..shards)
         .map(|_| Arc::new(StoreProgress::default()))
@@ -375,16 +382,18 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
         let shard = result?;
         let rec = shard.recovery.wal;
         if rec.truncated_bytes > 0 {
-            warn!(
+            warn!("wal.torn_tail_zeroed":
                 "shard {k}: zeroed {} bytes after the end of the log (a torn write, never \
                  acknowledged, or a recycled segment's old data)",
                 rec.truncated_bytes
             );
         }
-        info!(
+        let line = format!(
             "shard {k}: store checkpoint at lsn {}, replayed {} records after it, next lsn {}",
             shard.recovery.checkpoint.0, rec.records, rec.next_lsn.0
         );
+        info!("recovery.shard_recovered": "{line}");
+        crate::service::status(&format!("recovered {line}"));
         ledgers.push(shard.ledger);
         recovered.push(rec);
         writers.push(shard.writer);
@@ -406,7 +415,7 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
             IdemIndex::new(retention, max, true, newest_record)
         })
         .collect();
-    info!(
+    info!("recovery.done":
         "recovered {shards} shards in {} ms",
         started.elapsed().as_millis()
     );
@@ -418,7 +427,11 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
     for (key, addr) in [
         ("http.listen", &config.http.listen),
         ("iso8583.listen", &config.iso8583.listen),
+        ("operator.listen", &config.operator.listen),
     ] {
+        if addr.is_empty() {
+            continue;
+        }
         let mut target: std::net::SocketAddr = addr
             .parse()
             .map_err(|e| StartError(format!("{key} {addr}: {e}")))?;
@@ -426,7 +439,15 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
             target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         let deadline = std::time::Instant::now() + PORT_WAIT;
+        let mut waited = false;
         while std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
+            if !waited {
+                info!("service.port_still_answered":
+                    "{key} {addr}: still answered (a gateway just killed?): waiting up to {} s for it to go",
+                    PORT_WAIT.as_secs()
+                );
+                waited = true;
+            }
             if std::time::Instant::now() > deadline {
                 return Err(StartError(format!(
                     "{key} {addr}: another process is listening on it"
@@ -486,7 +507,7 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
     let shared = Arc::new(Shared {
         shutdown,
         drained: AtomicUsize::new(0),
-        ready: AtomicUsize::new(0),
+        life: life.clone(),
         stopped: AtomicUsize::new(0),
     });
     let mesh = MeshBuilder::<Envelope, _>::full(shards as usize, config.mesh.ring_capacity);
@@ -542,6 +563,8 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
             .map_err(|e| StartError(format!("cannot start shard {k}: {e}")))?;
         handles.push(handle);
     }
+    let watchdog_stop = Arc::new(AtomicBool::new(false));
+    let watchdog = crate::service::spawn_watchdog(life.clone(), watchdog_stop.clone());
     let mut failure = None;
     let drain = Duration::from_millis(config.server.drain_timeout_ms);
     for (k, h) in handles.into_iter().enumerate() {
@@ -550,6 +573,11 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
             Ok(Err(e)) => failure = Some(StartError(format!("shard {k}: {e}"))),
             Err(e) => failure = Some(StartError(format!("shard {k} panicked: {e:?}"))),
         }
+    }
+    watchdog_stop.store(true, Ordering::SeqCst);
+    if let Some(w) = watchdog {
+        w.thread().unpark();
+        let _ = w.join();
     }
     replication.finish(drain);
     // The shards have flushed their WALs: let each store apply the rest and checkpoint, so
@@ -563,7 +591,7 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
     match failure {
         Some(e) => Err(e),
         None => {
-            info!("stopped cleanly");
+            info!("service.stopped": "stopped cleanly");
             Ok(())
         }
     }
@@ -611,6 +639,7 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         reconcile,
         sinks,
     } = ctx;
+    crate::logline::set_shard(shard);
     let (senders, receivers) = mesh
         .join()
         .await
@@ -633,7 +662,7 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         crate::affinity::cores_of_their_own(&config.state.cores, config.shard_cores().as_deref());
     if sync == SyncMode::Fdatasync && own_cores {
         let how = crate::shard::disk::raise_sync_thread_priority().await;
-        info!("shard {shard}: the WAL's sync thread runs at {how}");
+        info!("wal.sync_thread_priority": "shard {shard}: the WAL's sync thread runs at {how}");
     }
     let wal = WalWriter::open(dir, &recovered, wal_config)
         .await
@@ -672,7 +701,7 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     let flusher_wal = wal.clone();
     let flusher = glommio::spawn_local(async move {
         if let Err(e) = flusher_wal.run_flusher().await {
-            error!("shard {shard}: WAL poisoned: {e}; exiting so that recovery can run");
+            error!("wal.poisoned": "shard {shard}: WAL poisoned: {e}; exiting so that recovery can run");
             std::process::exit(EXIT_WAL_POISONED);
         }
     });
@@ -703,12 +732,10 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     let iso = IsoServer::bind(&config.iso8583.listen, iso_limits, iso_api)
         .map_err(|e| format!("iso8583.listen {}: {e}", config.iso8583.listen))?;
     let operator = if shard == 0 {
-        let ready = shared.clone();
-        let ready_fn = move || ready.ready.load(Ordering::SeqCst) == shards as usize;
         let op = net::OperatorServer::bind(
             &config.operator.listen,
             gateway.clone(),
-            Box::new(ready_fn),
+            shared.life.clone(),
             &admin_key,
             reconcile,
             sinks,
@@ -718,9 +745,15 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     } else {
         None
     };
-    shared.ready.fetch_add(1, Ordering::SeqCst);
+    shared.life.listening(
+        shard as usize,
+        &format!(
+            "serving: {shards} shards, http {}, iso8583 {}, operator {}",
+            config.http.listen, config.iso8583.listen, config.operator.listen
+        ),
+    );
     if shard == 0 {
-        info!(
+        info!("service.serving":
             "corepay serving: {shards} shards, http {}, iso8583 {}, operator {}, data {}",
             config.http.listen,
             config.iso8583.listen,
@@ -734,6 +767,7 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         glommio::timer::sleep(TICK).await;
         let late = asked.elapsed().saturating_sub(TICK);
         crate::metrics::record_tick_lateness(u64::try_from(late.as_micros()).unwrap_or(u64::MAX));
+        shared.life.beat(shard as usize);
         gateway.tick().await;
     }
 
@@ -746,6 +780,7 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     while (http.active_requests() + iso.active_requests() > 0 || !gateway.outbox_empty())
         && std::time::Instant::now() < deadline
     {
+        shared.life.beat(shard as usize);
         gateway.tick().await;
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
@@ -755,15 +790,16 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     while shared.stopped.load(Ordering::SeqCst) < shards as usize
         && std::time::Instant::now() < deadline
     {
+        shared.life.beat(shard as usize);
         gateway.tick().await;
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     if !gateway.outbox_empty() {
-        warn!("shard {shard}: credits still unacknowledged at exit; they are re-sent at the next start");
+        warn!("shard.credits_unacknowledged": "shard {shard}: credits still unacknowledged at exit; they are re-sent at the next start");
     }
     wal.shutdown();
     flusher.await;
     drop(operator);
-    info!("shard {shard}: stopped at lsn {}", wal.durable_lsn().0);
+    info!("shard.stopped": "shard {shard}: stopped at lsn {}", wal.durable_lsn().0);
     Ok(())
 }

@@ -202,7 +202,7 @@ fn serve(store: &Store, queue: &Receiver<Job>) {
             Query::HoldsDue { now, limit } => store.holds_due(now, limit).map(Answer::Holds),
         };
         if let Err(e) = &answer {
-            crate::warn!("{e}");
+            crate::warn!("store.read_failed": "{e}");
         }
         let _ = job.reply.send(answer.map_err(ReadError::Failed));
     }

@@ -67,7 +67,7 @@ fn measure(space: &Space, dir: &Path, min_free_bytes: u64) {
     let free = match free_bytes(dir) {
         Ok(free) => free,
         Err(e) => {
-            warn!("cannot measure free space under {}: {e}", dir.display());
+            warn!("space.measure_failed": "cannot measure free space under {}: {e}", dir.display());
             return;
         }
     };
@@ -75,7 +75,7 @@ fn measure(space: &Space, dir: &Path, min_free_bytes: u64) {
     let low = free < min_free_bytes;
     if space.low.swap(low, Ordering::AcqRel) != low {
         if low {
-            warn!(
+            warn!("space.low":
                 "disk nearly full: {} MiB free under {}, below state.min_free_mb ({} MiB): \
                  new work is shed (503 / 91) until space returns",
                 free >> 20,
@@ -83,7 +83,7 @@ fn measure(space: &Space, dir: &Path, min_free_bytes: u64) {
                 min_free_bytes >> 20
             );
         } else {
-            info!(
+            info!("space.ok":
                 "disk has room again: {} MiB free under {}; serving",
                 free >> 20,
                 dir.display()

@@ -287,7 +287,7 @@ impl StoreWriter {
                 if stopping && (space_low || self.applied >= durable_lsn) {
                     if !space_low {
                         if let Err(e) = self.checkpoint_now() {
-                            warn!("store writer: final checkpoint failed: {e}");
+                            warn!("store.final_checkpoint_failed": "store writer: final checkpoint failed: {e}");
                         }
                     }
                     return;
@@ -310,14 +310,14 @@ impl StoreWriter {
             match self.apply_backlog(checkpoint_due) {
                 Ok(()) => {
                     if failing {
-                        info!("store {}: writing again", self.store.path().display());
+                        info!("store.writing_again": "store {}: writing again", self.store.path().display());
                         failing = false;
                     }
                 }
                 Err(e) => {
                     self.progress.failures.fetch_add(1, Ordering::Relaxed);
                     if !failing {
-                        warn!(
+                        warn!("store.commit_failed":
                             "{e}; retrying every {} ms (new work is shed while memory is full \
                              of changes the store has not applied)",
                             RETRY.as_millis()
@@ -461,7 +461,7 @@ impl StoreWriter {
             match self.store.start_writeback() {
                 Ok(()) => self.writeback_failing = false,
                 Err(e) if !self.writeback_failing => {
-                    warn!("{e} (the next checkpoint writes it all)");
+                    warn!("store.writeback_failed": "{e} (the next checkpoint writes it all)");
                     self.writeback_failing = true;
                 }
                 Err(_) => {}
@@ -506,7 +506,7 @@ impl StoreWriter {
                     .segments_recycled
                     .fetch_add(retired.recycled, Ordering::Relaxed);
             }
-            Err(e) => warn!(
+            Err(e) => warn!("wal.retire_failed":
                 "wal {}: retiring checkpointed segments: {e}",
                 self.wal_dir.display()
             ),
@@ -525,7 +525,7 @@ impl StoreWriter {
                 }
                 Err(e) => {
                     self.next_spare_attempt = Instant::now() + SPARE_RETRY;
-                    warn!(
+                    warn!("wal.spare_failed":
                         "wal {}: making a spare segment: {e} (retried in {} s)",
                         self.wal_dir.display(),
                         SPARE_RETRY.as_secs()

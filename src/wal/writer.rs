@@ -104,7 +104,7 @@ impl WalConfig {
 }
 
 /// Counters since `open`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WalStats {
     pub batches: u64,
     /// Records written (and synced, with `SyncMode::Fdatasync`).
@@ -116,9 +116,26 @@ pub struct WalStats {
     pub segments_reused: u64,
     /// Padded size of the last batch written.
     pub last_batch_bytes: u64,
-    pub sync_micros_sum: u64,
-    pub sync_micros_max: u64,
-    pub sync_buckets: crate::metrics::Buckets,
+    /// fdatasync latency (µs).
+    pub sync_micros: crate::metrics::Buckets,
+    /// Records per batch.
+    pub batch_records: crate::metrics::Buckets,
+}
+
+impl Default for WalStats {
+    fn default() -> WalStats {
+        WalStats {
+            batches: 0,
+            records: 0,
+            bytes_written: 0,
+            syncs: 0,
+            segments_created: 0,
+            segments_reused: 0,
+            last_batch_bytes: 0,
+            sync_micros: crate::metrics::Buckets::new(crate::metrics::TIME_BOUNDS_MICROS),
+            batch_records: crate::metrics::Buckets::new(crate::metrics::BATCH_BOUNDS),
+        }
+    }
 }
 
 /// The write-ahead log of one shard. Cheap to clone; all clones are the same log.
@@ -512,11 +529,10 @@ impl<D: SegmentDir> WalWriter<D> {
         stats.records += u64::from(batch.count);
         stats.bytes_written += batch.len as u64;
         stats.last_batch_bytes = batch.len as u64;
+        stats.batch_records.record(u64::from(batch.count));
         if let Some(micros) = sync_micros {
             stats.syncs += 1;
-            stats.sync_micros_sum += micros;
-            stats.sync_micros_max = stats.sync_micros_max.max(micros);
-            stats.sync_buckets.record(micros);
+            stats.sync_micros.record(micros);
         }
         drop(state);
         inner.durable.notify(usize::MAX);

@@ -103,7 +103,7 @@ impl Server {
         self.dir.join("corepay.toml")
     }
 
-    fn write_config(&self) {
+    pub fn write_config(&self) {
         let mut extra = self.extra_config.clone();
         let iso_listen = format!("[iso8583]\nlisten = \"{}\"", self.iso);
         if extra.contains("[iso8583]") {
@@ -157,6 +157,9 @@ impl Server {
             .open(self.dir.join("server.log"))
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_corepay"))
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .args(["serve", "--config"])
             .arg(self.config_path())
             .stdin(Stdio::null())
