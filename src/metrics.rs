@@ -96,9 +96,22 @@ impl Buckets {
     }
 }
 
+/// The public listeners, as metric labels (`LISTENERS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Http = 0,
+    Iso8583 = 1,
+}
+
+pub const LISTENERS: [&str; 2] = ["http", "iso8583"];
+
 /// What a shard records on its own thread.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ShardSnapshot {
+    /// Open connections per listener, and connections closed at once for being over
+    /// `max_connections_per_shard`.
+    pub connections: [u64; LISTENERS.len()],
+    pub connections_refused: [u64; LISTENERS.len()],
     pub http: [Buckets; ENDPOINTS.len()],
     pub iso: [Buckets; MTIS.len()],
     /// Responses by status class: [_, 1xx, 2xx, 3xx, 4xx, 5xx].
@@ -155,6 +168,16 @@ pub fn record_iso(mti: usize, micros: u64) {
 /// run (a long task, a blocked thread, the thread not scheduled).
 pub fn record_tick_lateness(micros: u64) {
     METRICS.with(|m| m.borrow_mut().tick_lateness.record(micros));
+}
+
+/// `open` connections are now open on this shard's `kind` listener.
+pub fn set_connections(kind: Listener, open: usize) {
+    METRICS.with(|m| m.borrow_mut().connections[kind as usize] = open as u64);
+}
+
+/// A connection over the limit was closed at once.
+pub fn connection_refused(kind: Listener) {
+    METRICS.with(|m| m.borrow_mut().connections_refused[kind as usize] += 1);
 }
 
 /// This shard's figures so far.
@@ -440,6 +463,28 @@ pub fn render(
             );
         }
     }
+    t.family("connections", "gauge", "Open connections, per listener.");
+    for s in stats {
+        for (k, listener) in LISTENERS.iter().enumerate() {
+            let labels = format!("shard=\"{}\",listener=\"{listener}\"", s.shard);
+            t.sample("connections", &labels, s.metrics.connections[k]);
+        }
+    }
+    t.family(
+        "connections_refused_total",
+        "counter",
+        "Connections closed at once for being over max_connections_per_shard, per listener.",
+    );
+    for s in stats {
+        for (k, listener) in LISTENERS.iter().enumerate() {
+            let labels = format!("shard=\"{}\",listener=\"{listener}\"", s.shard);
+            t.sample(
+                "connections_refused_total",
+                &labels,
+                s.metrics.connections_refused[k],
+            );
+        }
+    }
     t.family(
         "http_responses_total",
         "counter",
@@ -470,34 +515,40 @@ fn replication(
     )],
 ) {
     use std::sync::atomic::Ordering::SeqCst;
-    type Read = dyn Fn(&crate::replication::runner::SinkStatus, u64) -> u64;
-    let series: [(&str, &str, &str, &Read); 5] = [
+    type Read = dyn Fn(&crate::replication::runner::SinkStatus, u64) -> f64;
+    let series: [(&str, &str, &str, &Read); 6] = [
         ("replication_stored_lsn", "gauge", "Last LSN the sink has stored.", &|s, _| {
-            s.stored.load(SeqCst)
+            s.stored.load(SeqCst) as f64
         }),
         (
             "replication_lag_records",
             "gauge",
             "Durable WAL records the sink has not stored yet.",
-            &|s, durable| durable.saturating_sub(s.stored.load(SeqCst)),
+            &|s, durable| durable.saturating_sub(s.stored.load(SeqCst)) as f64,
+        ),
+        (
+            "replication_lag_seconds",
+            "gauge",
+            "Age of the oldest record read for the sink that it has not stored yet (0: none waiting).",
+            &|s, _| s.lag_millis.load(SeqCst) as f64 / 1000.0,
         ),
         (
             "replication_consecutive_failures",
             "gauge",
             "Failures since the sink last stored a batch (0: healthy).",
-            &|s, _| s.failures.load(SeqCst),
+            &|s, _| s.failures.load(SeqCst) as f64,
         ),
         (
             "replication_gap",
             "gauge",
             "1 while the sink needs records the change log no longer has (it is being re-seeded from the store).",
-            &|s, _| u64::from(s.gap.load(SeqCst)),
+            &|s, _| f64::from(u8::from(s.gap.load(SeqCst))),
         ),
         (
             "replication_reseeds_total",
             "counter",
             "Times the sink was re-seeded from the store (a full copy, then the change log).",
-            &|s, _| s.reseeds.load(SeqCst),
+            &|s, _| s.reseeds.load(SeqCst) as f64,
         ),
     ];
     if sinks.is_empty() {

@@ -86,8 +86,29 @@ fn metrics_pass_promtool_and_every_dashboard_and_alert_metric_is_exposed() {
     let s = Server::start_with(2, &config);
     create_account(&s, 1, "EUR", "100.00");
     create_account(&s, 2, "EUR", "0.00");
+    // Two merchant-side connections held open while /metrics is read.
+    let mut held = [s.admin(), s.admin()];
+    for c in &mut held {
+        assert_eq!(c.get("/v1/accounts/1").0, 200);
+    }
     let (status, _, body) = raw_get(s.operator, "/metrics").unwrap();
     assert_eq!(status, 200);
+    let open: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("corepay_connections{") && l.contains("listener=\"http\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(open >= 2.0, "{open} open HTTP connections counted");
+    let posted: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("corepay_http_request_duration_seconds_count{"))
+        .filter(|l| l.contains("endpoint=\"admin\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        posted >= 4.0,
+        "{posted} admin requests in the latency histograms"
+    );
 
     let (ok, lint) = run_promtool(&["check", "metrics"], &body);
     assert!(

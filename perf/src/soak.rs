@@ -22,11 +22,12 @@ use crate::window::Window;
 use crate::workload::{Generator, OpKind};
 use crate::{check, out_dir, plot, prepare, to_json, write};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// "RSS at 1 M payments": the mark RSS is read at, against the end.
 pub const RSS_MARK: u64 = 1_000_000;
@@ -295,6 +296,7 @@ pub fn soak(s: &Scenario, pid: Option<u32>, check: bool, log: bool) -> Result<So
         w.store_shed_total = smp.store_shed_total;
         w.store_cold_reads_total = smp.store_cold_reads_total;
         w.steal = smp.steal;
+        w.cpu = smp.cpu;
     }
     let mut run = RunResult::new(s, &stats, started);
     if let (Some(admin), Some(before)) = (&mut p.admin, before) {
@@ -335,6 +337,7 @@ struct Sample {
     store_shed_total: Option<u64>,
     store_cold_reads_total: Option<u64>,
     steal: Option<f64>,
+    cpu: Option<BTreeMap<String, f64>>,
 }
 
 /// The sampler thread: for each closed window (the latest, when several wait), reads the
@@ -350,6 +353,16 @@ fn sample(
     let mut progress = Progress::default();
     let mut metric_errors = 0u64;
     let mut cpu = cpu_times();
+    let threads = |at: Instant| {
+        let mut all = BTreeMap::new();
+        for (who, p) in [("gw", pid), ("load", Some(std::process::id()))] {
+            for (name, ticks) in p.and_then(thread_ticks).unwrap_or_default() {
+                all.insert(format!("{who}:{name}"), ticks);
+            }
+        }
+        (at, all)
+    };
+    let mut last_threads = threads(Instant::now());
     while let Ok(mut w) = rx.recv() {
         // A slow /metrics must not make samples pile up: sample for the latest window.
         while let Ok(next) = rx.try_recv() {
@@ -364,10 +377,14 @@ fn sample(
             _ => None,
         };
         cpu = now;
+        let now_threads = threads(Instant::now());
+        let cores = cpu_shares(&last_threads, &now_threads);
+        last_threads = now_threads;
         let mut smp = Sample {
             window: w.index,
             rss_bytes: pid.and_then(rss_bytes),
             steal,
+            cpu: Some(cores),
             ..Sample::default()
         };
         if let Some(addr) = metrics {
@@ -485,6 +502,57 @@ fn seconds(s: f64) -> String {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
+}
+
+/// CPU ticks (user + system) per thread name of process `pid`, summed over threads of the
+/// same name.
+fn thread_ticks(pid: u32) -> Option<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        if let Some((name, ticks)) = parse_thread_stat(&stat) {
+            *out.entry(name).or_default() += ticks;
+        }
+    }
+    Some(out)
+}
+
+/// (thread name, utime + stime in clock ticks) from a /proc/<pid>/task/<tid>/stat line
+/// (fields 14 and 15; the name may hold spaces and parentheses, hence the last ')').
+pub fn parse_thread_stat(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = stat.get(close + 2..)?.split(' ').collect();
+    let utime: u64 = rest.get(11)?.parse().ok()?;
+    let stime: u64 = rest.get(12)?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+/// Cores used per thread name between two `(when, ticks)` readings.
+fn cpu_shares(
+    before: &(Instant, BTreeMap<String, u64>),
+    after: &(Instant, BTreeMap<String, u64>),
+) -> BTreeMap<String, f64> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let seconds = after.0.saturating_duration_since(before.0).as_secs_f64();
+    if seconds <= 0.0 {
+        return BTreeMap::new();
+    }
+    after
+        .1
+        .iter()
+        .map(|(name, &t)| {
+            let used = t.saturating_sub(before.1.get(name).copied().unwrap_or(t));
+            (name.clone(), used as f64 / hz / seconds)
+        })
+        .collect()
 }
 
 /// (steal, total) CPU time of the whole machine, in clock ticks, from /proc/stat.
@@ -778,6 +846,34 @@ pub fn rows(soaks: &[SoakResult]) -> Vec<(&'static str, Vec<Option<f64>>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_stat_lines_give_name_and_cpu_ticks() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
+        // utime stime ...
+        let line = "4243 (corepay-shard-0) S 1 4242 4242 0 -1 4194368 120 0 3 0 1500 250 0 0 \
+                    20 0 9 0 100 0 0";
+        assert_eq!(
+            parse_thread_stat(line),
+            Some(("corepay-shard-0".into(), 1750))
+        );
+        let odd = "7 (a (b) c) R 1 1 1 0 -1 0 0 0 0 0 11 22 0 0 20 0 1 0 5 0 0";
+        assert_eq!(parse_thread_stat(odd), Some(("a (b) c".into(), 33)));
+        assert_eq!(parse_thread_stat("7 (short) R 1 2"), None);
+        let t0 = Instant::now();
+        let before = (t0, BTreeMap::from([("x".to_string(), 100u64)]));
+        let after = (
+            t0 + Duration::from_secs(2),
+            BTreeMap::from([("x".to_string(), 100 + 2 * 50), ("new".to_string(), 7)]),
+        );
+        let shares = cpu_shares(&before, &after);
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        assert!((shares["x"] - 50.0 / hz).abs() < 1e-9, "{shares:?}");
+        assert_eq!(
+            shares["new"], 0.0,
+            "a thread first seen now has no interval yet"
+        );
+    }
 
     const STATUS: &str = "Name:\tcorepay\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\n\
         VmPeak:\t 1234567 kB\nVmSize:\t 1200000 kB\nVmHWM:\t  210000 kB\nVmRSS:\t  204800 kB\n\

@@ -53,6 +53,11 @@ pub struct Window {
     /// Share of the machine's CPU time the hypervisor took (steal, /proc/stat) since the
     /// previous sample: on a shared VM, what a stall may owe nothing to the gateway.
     pub steal: Option<f64>,
+    /// CPU used since the previous sample, in cores, per thread name: the gateway's threads
+    /// as `gw:<name>`, the load generator's as `load:<name>` (from /proc/<pid>/task/*/stat).
+    /// On a shared machine, what tells a slower gateway from a starved load generator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 /// Cumulative counts at the moment a window closes.

@@ -40,6 +40,9 @@ pub struct SinkStatus {
     /// Wall-clock millis when the batch now being stored was handed to the sink (0 = none):
     /// a sink blocked in a hung server cannot report itself, so the monitor watches this.
     pub apply_started: AtomicU64,
+    /// Age (ms) of the oldest record read for the sink and not yet stored by it (0: none
+    /// waiting): how far behind in time, beside `stored`'s distance in records.
+    pub lag_millis: AtomicU64,
 }
 
 pub struct Runner {
@@ -167,12 +170,12 @@ impl Runner {
             let lag = durable
                 .0
                 .saturating_sub(self.status.stored.load(Ordering::SeqCst));
+            let oldest = pending.first().and_then(|r| r.time);
+            let age = oldest.map_or(0, |t| crate::gateway::system_clock().0.saturating_sub(t.0));
+            self.status.lag_millis.store(age, Ordering::Relaxed);
             if lag > LAG_LOG_RECORDS && last_lag_log.elapsed() > LAG_LOG_EVERY {
                 last_lag_log = Instant::now();
-                let oldest = pending.first().and_then(|r| r.time);
-                let seconds = oldest.map_or(0.0, |t| {
-                    crate::gateway::system_clock().0.saturating_sub(t.0) as f64 / 1000.0
-                });
+                let seconds = age as f64 / 1000.0;
                 info!("replication.lag":
                     "{} shard {}: {lag} records ({seconds:.1} s) behind the WAL",
                     sink.name(),

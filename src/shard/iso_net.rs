@@ -99,6 +99,7 @@ impl IsoServer {
         let state = ListenerState::new();
         let task = accept_loop(
             listener,
+            crate::metrics::Listener::Iso8583,
             state.clone(),
             limits.max_connections,
             move |stream, st| connection(stream, handler.clone(), limits, st),

@@ -46,6 +46,7 @@ impl ListenerState {
 /// past `max_connections` open ones, a new connection is closed at once.
 pub(crate) fn accept_loop<F, Fut>(
     listener: TcpListener,
+    kind: metrics::Listener,
     state: Rc<ListenerState>,
     max_connections: usize,
     serve: F,
@@ -69,13 +70,16 @@ where
             }
             if state.connections.get() >= max_connections {
                 drop(stream); // over the limit: close at once
+                metrics::connection_refused(kind);
                 continue;
             }
             state.connections.set(state.connections.get() + 1);
+            metrics::set_connections(kind, state.connections.get());
             let (conn, st) = (serve(stream, state.clone()), state.clone());
             glommio::spawn_local(async move {
                 conn.await;
                 st.connections.set(st.connections.get() - 1);
+                metrics::set_connections(kind, st.connections.get());
             })
             .detach();
         }
@@ -105,6 +109,7 @@ impl HttpServer {
         let max_connections = cfg.max_connections_per_shard;
         let task = accept_loop(
             listener,
+            metrics::Listener::Http,
             state.clone(),
             max_connections,
             move |stream, st| {
