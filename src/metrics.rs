@@ -471,6 +471,20 @@ pub fn render(
         }
     }
     t.family(
+        "mesh_calls_in_flight",
+        "gauge",
+        "Calls outstanding from the shard to each peer over the ring (at most mesh.max_in_flight_per_peer; the ring holds 4x that).",
+    );
+    for s in stats {
+        for (peer, n) in s.mesh_in_flight.iter().enumerate() {
+            if peer == usize::from(s.shard) {
+                continue; // calls to oneself skip the ring
+            }
+            let labels = format!("shard=\"{}\",peer=\"{peer}\"", s.shard);
+            t.sample("mesh_calls_in_flight", &labels, n);
+        }
+    }
+    t.family(
         "connections_refused_total",
         "counter",
         "Connections closed at once for being over max_connections_per_shard, per listener.",

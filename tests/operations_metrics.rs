@@ -109,6 +109,13 @@ fn metrics_pass_promtool_and_every_dashboard_and_alert_metric_is_exposed() {
         posted >= 4.0,
         "{posted} admin requests in the latency histograms"
     );
+    // Two shards: each reports its calls outstanding to the other (none now).
+    for line in [
+        "corepay_mesh_calls_in_flight{shard=\"0\",peer=\"1\"} 0",
+        "corepay_mesh_calls_in_flight{shard=\"1\",peer=\"0\"} 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "missing {line:?}");
+    }
 
     let (ok, lint) = run_promtool(&["check", "metrics"], &body);
     assert!(

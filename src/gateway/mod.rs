@@ -33,6 +33,10 @@ pub trait Peers {
     fn spawn(&self, fut: std::pin::Pin<Box<dyn Future<Output = ()>>>);
     /// Resolves after `d` (this shard's timer).
     fn sleep(&self, d: std::time::Duration) -> impl Future<Output = ()>;
+    /// Calls outstanding to each peer, by shard index (empty: not tracked).
+    fn in_flight(&self) -> Vec<usize> {
+        Vec::new()
+    }
 }
 
 /// Why a request was answered 503 / 91 without being done: metrics count each.
@@ -965,6 +969,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             cold_reads: self.cold_reads.get(),
             store_shed: self.store_shed.get(),
             metrics: crate::metrics::snapshot(),
+            mesh_in_flight: self.peers.in_flight(),
             data_free_bytes: self.stores.as_ref().map_or(0, |s| s.space.free_bytes()),
             data_space_low: self.stores.as_ref().is_some_and(|s| s.space.low()),
         }

@@ -167,6 +167,8 @@ pub struct ShardStats {
     pub store_shed: u64,
     /// What the shard's thread recorded: request latency, status classes, tick lateness.
     pub metrics: crate::metrics::ShardSnapshot,
+    /// Calls outstanding to each peer shard (at most `mesh.max_in_flight_per_peer`).
+    pub mesh_in_flight: Vec<usize>,
     /// Free bytes on the data directory's filesystem, and whether new work is shed for it
     /// (below `state.min_free_mb`).
     pub data_free_bytes: u64,

@@ -56,11 +56,6 @@ impl MeshPeers {
             let _ = tx.send(reply);
         }
     }
-
-    /// The ring occupancy proxy: calls outstanding to each peer.
-    pub fn in_flight(&self) -> Vec<usize> {
-        self.in_flight.iter().map(Cell::get).collect()
-    }
 }
 
 impl Peers for MeshPeers {
@@ -114,6 +109,10 @@ impl Peers for MeshPeers {
 
     fn spawn(&self, fut: Pin<Box<dyn Future<Output = ()>>>) {
         glommio::spawn_local(fut).detach();
+    }
+
+    fn in_flight(&self) -> Vec<usize> {
+        self.in_flight.iter().map(Cell::get).collect()
     }
 }
 
