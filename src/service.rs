@@ -111,6 +111,23 @@ impl Lifecycle {
     }
 }
 
+/// Environment variable of the one fault hook: `<shard>:<ms>` makes that shard's executor
+/// block for good `<ms>` after it starts serving (a task that never yields), so that tests
+/// can see the watchdog stop and `/healthz` name the shard. Unset in production.
+pub const WEDGE_FAILPOINT: &str = "COREPAY_FAILPOINT_WEDGE_SHARD";
+
+/// When shard `shard` is to wedge itself (`WEDGE_FAILPOINT`), if ever.
+pub fn wedge_at(shard: u16) -> Option<Instant> {
+    let value = std::env::var(WEDGE_FAILPOINT).ok()?;
+    let (k, ms) = value.split_once(':')?;
+    if k.parse::<u16>().ok()? != shard {
+        return None;
+    }
+    let ms: u64 = ms.parse().ok()?;
+    warn!("service.failpoint": "{WEDGE_FAILPOINT}: shard {shard} will stop making progress in {ms} ms");
+    Some(Instant::now() + Duration::from_millis(ms))
+}
+
 /// Sends `states` to the service manager; nothing when not run by systemd. A failure is
 /// logged, never fatal: the gateway serves whatever its supervisor does.
 pub fn notify(states: &[NotifyState]) {

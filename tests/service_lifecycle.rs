@@ -131,3 +131,64 @@ fn restarts_at_once_after_kill_9_many_times_without_losing_a_change() {
     }
     assert_conservation(&s);
 }
+
+#[test]
+fn a_wedged_shard_stops_the_watchdog_pings_and_healthz_names_it() {
+    let mut s = Server::start(2);
+    s.terminate();
+    s.write_config();
+    let sock_path = s.dir.join("notify-wedge.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let log = std::fs::File::create(s.dir.join("wedge-server.log")).unwrap();
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "WATCHDOG_PID=$$ exec '{}' serve --config '{}'",
+            env!("CARGO_BIN_EXE_corepay"),
+            s.config_path().display()
+        ))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        // Shard 1 blocks its executor for good 1.5 s after it starts serving.
+        .env("COREPAY_FAILPOINT_WEDGE_SHARD", "1:1500")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    s.child = Some(child);
+    let got = receive_until(&sock, Duration::from_secs(60), |m| m.contains("READY=1"));
+    assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
+    let pings = receive_until(&sock, Duration::from_millis(600), |_| false);
+    assert!(
+        pings.iter().any(|m| m.trim() == "WATCHDOG=1"),
+        "pings while both shards run: {pings:?}"
+    );
+
+    // Shard 0 still answers the operator listener; it names the wedged shard.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let why = loop {
+        let (status, _, body) = raw_get(s.operator, "/healthz").unwrap();
+        if status == 503 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(Instant::now() < deadline, "shard 1 never reported as stuck");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(why.contains("shard 1 has made no progress"), "{why}");
+    // Whatever was sent before is drained; from now on, no ping.
+    let _ = receive_until(&sock, Duration::from_millis(300), |_| false);
+    let after = receive_until(&sock, Duration::from_millis(1200), |_| false);
+    assert!(
+        !after.iter().any(|m| m.contains("WATCHDOG=1")),
+        "pinged while a shard is wedged: {after:?}"
+    );
+    let log = std::fs::read_to_string(s.dir.join("wedge-server.log")).unwrap();
+    assert!(
+        log.contains("\"event\":\"service.shard_not_progressing\""),
+        "{log}"
+    );
+}

@@ -762,7 +762,14 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         );
     }
 
+    let wedge_at = crate::service::wedge_at(shard);
     while !shared.shutdown.load(Ordering::SeqCst) {
+        if wedge_at.is_some_and(|at| std::time::Instant::now() >= at) {
+            // The fault hook (tests only): this executor never runs again.
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         let asked = std::time::Instant::now();
         glommio::timer::sleep(TICK).await;
         let late = asked.elapsed().saturating_sub(TICK);
