@@ -235,6 +235,24 @@ impl Text {
         self.sample(&format!("{name}_count"), labels, b.count());
     }
 
+    /// A family with one series per shard and per `values` entry, labelled `label`.
+    fn per_shard_and(
+        &mut self,
+        stats: &[ShardStats],
+        (name, kind, help): (&str, &str, &str),
+        label: &str,
+        values: &[&str],
+        f: impl Fn(&ShardStats, usize) -> u64,
+    ) {
+        self.family(name, kind, help);
+        for s in stats {
+            for (k, value) in values.iter().enumerate() {
+                let labels = format!("shard=\"{}\",{label}=\"{value}\"", s.shard);
+                self.sample(name, &labels, f(s, k));
+            }
+        }
+    }
+
     fn shard_histogram(
         &mut self,
         stats: &[ShardStats],
@@ -370,17 +388,17 @@ pub fn render(
     for (name, help, f) in counters {
         t.per_shard(stats, name, "counter", help, f);
     }
-    t.family(
-        "shed_total",
-        "counter",
-        "Requests shed (HTTP 503, ISO 8583 91), by reason.",
+    t.per_shard_and(
+        stats,
+        (
+            "shed_total",
+            "counter",
+            "Requests shed (HTTP 503, ISO 8583 91), by reason.",
+        ),
+        "reason",
+        &crate::gateway::SHED_REASONS,
+        |s, k| s.shed[k],
     );
-    for s in stats {
-        for (k, reason) in crate::gateway::SHED_REASONS.iter().enumerate() {
-            let labels = format!("shard=\"{}\",reason=\"{reason}\"", s.shard);
-            t.sample("shed_total", &labels, s.shed[k]);
-        }
-    }
     let seconds = |micros: u64| micros as f64 / MICROS;
     t.per_shard(
         stats,
@@ -463,13 +481,13 @@ pub fn render(
             );
         }
     }
-    t.family("connections", "gauge", "Open connections, per listener.");
-    for s in stats {
-        for (k, listener) in LISTENERS.iter().enumerate() {
-            let labels = format!("shard=\"{}\",listener=\"{listener}\"", s.shard);
-            t.sample("connections", &labels, s.metrics.connections[k]);
-        }
-    }
+    t.per_shard_and(
+        stats,
+        ("connections", "gauge", "Open connections, per listener."),
+        "listener",
+        &LISTENERS,
+        |s, k| s.metrics.connections[k],
+    );
     t.family(
         "mesh_calls_in_flight",
         "gauge",
@@ -484,35 +502,28 @@ pub fn render(
             t.sample("mesh_calls_in_flight", &labels, n);
         }
     }
-    t.family(
-        "connections_refused_total",
-        "counter",
-        "Connections closed at once for being over max_connections_per_shard, per listener.",
+    t.per_shard_and(
+        stats,
+        (
+            "connections_refused_total",
+            "counter",
+            "Connections closed at once for being over max_connections_per_shard, per listener.",
+        ),
+        "listener",
+        &LISTENERS,
+        |s, k| s.metrics.connections_refused[k],
     );
-    for s in stats {
-        for (k, listener) in LISTENERS.iter().enumerate() {
-            let labels = format!("shard=\"{}\",listener=\"{listener}\"", s.shard);
-            t.sample(
-                "connections_refused_total",
-                &labels,
-                s.metrics.connections_refused[k],
-            );
-        }
-    }
-    t.family(
-        "http_responses_total",
-        "counter",
-        "HTTP responses by status class.",
+    t.per_shard_and(
+        stats,
+        (
+            "http_responses_total",
+            "counter",
+            "HTTP responses by status class.",
+        ),
+        "class",
+        &["1xx", "2xx", "3xx", "4xx", "5xx"],
+        |s, k| s.metrics.statuses[k + 1],
     );
-    for s in stats {
-        for (class, n) in s.metrics.statuses.iter().enumerate().skip(1) {
-            t.sample(
-                "http_responses_total",
-                &format!("shard=\"{}\",class=\"{class}xx\"", s.shard),
-                n,
-            );
-        }
-    }
     replication(&mut t, stats, sinks);
     t.out
 }

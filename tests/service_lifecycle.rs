@@ -36,16 +36,17 @@ fn receive_until(
     got
 }
 
-#[test]
-fn speaks_systemds_notify_protocol_ready_watchdog_and_stopping() {
-    let mut s = Server::start(2);
+/// Starts `s`'s gateway (its config written) under a notify socket at `sock` in its
+/// directory, with `WATCHDOG_USEC` 0.4 s and `env` added; its log goes to `log`.
+fn spawn_notified(s: &mut Server, sock: &str, env: &[(&str, &str)], log: &str) -> UnixDatagram {
     s.terminate();
     s.write_config();
-    let sock_path = s.dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
+    let sock_path = s.dir.join(sock);
+    let socket = UnixDatagram::bind(&sock_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let log = std::fs::File::create(s.dir.join("notify-server.log")).unwrap();
+    let log = std::fs::File::create(s.dir.join(log)).unwrap();
     // WATCHDOG_PID must name the gateway itself: the shell's pid, kept by exec.
     let child = Command::new("sh")
         .arg("-c")
@@ -56,13 +57,21 @@ fn speaks_systemds_notify_protocol_ready_watchdog_and_stopping() {
         ))
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "400000")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
         .unwrap();
-    let pid = child.id() as i32;
     s.child = Some(child);
+    socket
+}
+
+#[test]
+fn speaks_systemds_notify_protocol_ready_watchdog_and_stopping() {
+    let mut s = Server::start(2);
+    let sock = spawn_notified(&mut s, "notify.sock", &[], "notify-server.log");
+    let pid = s.child.as_ref().unwrap().id() as i32;
 
     let got = receive_until(&sock, Duration::from_secs(60), |m| m.contains("READY=1"));
     let ready = got.iter().position(|m| m.contains("READY=1"));
@@ -135,30 +144,9 @@ fn restarts_at_once_after_kill_9_many_times_without_losing_a_change() {
 #[test]
 fn a_wedged_shard_stops_the_watchdog_pings_and_healthz_names_it() {
     let mut s = Server::start(2);
-    s.terminate();
-    s.write_config();
-    let sock_path = s.dir.join("notify-wedge.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let log = std::fs::File::create(s.dir.join("wedge-server.log")).unwrap();
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "WATCHDOG_PID=$$ exec '{}' serve --config '{}'",
-            env!("CARGO_BIN_EXE_corepay"),
-            s.config_path().display()
-        ))
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "400000")
-        // Shard 1 blocks its executor for good 1.5 s after it starts serving.
-        .env("COREPAY_FAILPOINT_WEDGE_SHARD", "1:1500")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    s.child = Some(child);
+    // Shard 1 blocks its executor for good 1.5 s after it starts serving.
+    let wedge = [("COREPAY_FAILPOINT_WEDGE_SHARD", "1:1500")];
+    let sock = spawn_notified(&mut s, "notify-wedge.sock", &wedge, "wedge-server.log");
     let got = receive_until(&sock, Duration::from_secs(60), |m| m.contains("READY=1"));
     assert!(got.iter().any(|m| m.contains("READY=1")), "{got:?}");
     let pings = receive_until(&sock, Duration::from_millis(600), |_| false);
