@@ -429,9 +429,6 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
         ("iso8583.listen", &config.iso8583.listen),
         ("operator.listen", &config.operator.listen),
     ] {
-        if addr.is_empty() {
-            continue;
-        }
         let mut target: std::net::SocketAddr = addr
             .parse()
             .map_err(|e| StartError(format!("{key} {addr}: {e}")))?;
