@@ -50,3 +50,4 @@ echo "== unit and integration tests"
 cargo test --workspace --lib --bins --tests -- --test-threads=2
 echo "== benchmarks, one iteration each (test mode)"
 cargo test --benches --quiet
+

@@ -21,8 +21,98 @@ pub struct Config {
     pub idempotency: Idempotency,
     pub state: State,
     pub mesh: Mesh,
+    pub admission: Admission,
     pub replication: Replication,
     pub secrets: Secrets,
+}
+
+/// Admission control per shard (`crate::admission`): what does not fit, or has waited too
+/// long, is answered at once with 503 + Retry-After / DE39 91.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admission {
+    /// false: only `max_in_flight_per_shard` applies (for benchmarks with and without).
+    pub adaptive: bool,
+    /// Queue delay (how late a ready task runs) the shard aims to stay under.
+    pub queue_delay_target_us: u64,
+    /// How long the delay may stay above target before the queue counts as standing; also
+    /// the most a request may have waited before the shard looked at it.
+    pub interval_ms: u64,
+    /// Admission to answer above which the concurrency limit shrinks (a slow disk).
+    pub latency_target_ms: u64,
+    /// The concurrency limit at start, and the least it shrinks to.
+    pub initial_limit: u32,
+    pub min_limit: u32,
+    /// Requests in flight per shard, follow-ups (captures, refunds, reversals) included.
+    pub max_in_flight_per_shard: u32,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        let d = crate::admission::AdmissionConfig::DEFAULT;
+        Admission {
+            adaptive: d.adaptive,
+            queue_delay_target_us: d.target_micros,
+            interval_ms: d.interval_micros / 1000,
+            latency_target_ms: d.latency_target_micros / 1000,
+            initial_limit: d.initial_limit,
+            min_limit: d.min_limit,
+            max_in_flight_per_shard: d.max_in_flight,
+        }
+    }
+}
+
+impl Admission {
+    pub fn settings(&self) -> crate::admission::AdmissionConfig {
+        crate::admission::AdmissionConfig {
+            adaptive: self.adaptive,
+            target_micros: self.queue_delay_target_us,
+            interval_micros: self.interval_ms * 1000,
+            latency_target_micros: self.latency_target_ms * 1000,
+            decrease_every_micros: crate::admission::AdmissionConfig::DEFAULT
+                .decrease_every_micros
+                .min(self.queue_delay_target_us * 5),
+            initial_limit: self.initial_limit,
+            min_limit: self.min_limit,
+            max_in_flight: self.max_in_flight_per_shard,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(50..=1_000_000).contains(&self.queue_delay_target_us) {
+            return Err(bad(
+                "admission.queue_delay_target_us",
+                "must be 50..=1000000",
+            ));
+        }
+        if !(1..=60_000).contains(&self.interval_ms)
+            || self.interval_ms * 1000 < self.queue_delay_target_us
+        {
+            return Err(bad(
+                "admission.interval_ms",
+                "must be 1..=60000 and at least queue_delay_target_us",
+            ));
+        }
+        if !(1..=60_000).contains(&self.latency_target_ms) {
+            return Err(bad("admission.latency_target_ms", "must be 1..=60000"));
+        }
+        if !(1..=1 << 20).contains(&self.max_in_flight_per_shard) {
+            return Err(bad(
+                "admission.max_in_flight_per_shard",
+                "must be 1..=1048576",
+            ));
+        }
+        if self.initial_limit > self.max_in_flight_per_shard || self.initial_limit == 0 {
+            return Err(bad(
+                "admission.initial_limit",
+                "must be 1..=max_in_flight_per_shard",
+            ));
+        }
+        if self.min_limit == 0 || self.min_limit > self.initial_limit {
+            return Err(bad("admission.min_limit", "must be 1..=initial_limit"));
+        }
+        Ok(())
+    }
 }
 
 /// Asynchronous sinks; both optional (empty = off).
@@ -581,6 +671,7 @@ impl Config {
         if !(1..=60_000).contains(&st.read_timeout_ms) {
             return Err(bad("state.read_timeout_ms", "must be 1..=60000"));
         }
+        self.admission.validate()?;
         let r = &self.replication;
         if r.max_retained_bytes < 1 << 16 {
             return Err(bad(
@@ -719,6 +810,11 @@ mod tests {
             d.iso8583.max_in_flight_per_connection
         );
         assert_eq!(c.iso8583.idle_timeout_ms, d.iso8583.idle_timeout_ms);
+        assert_eq!(c.admission.settings(), d.admission.settings());
+        assert_eq!(
+            d.admission.settings(),
+            crate::admission::AdmissionConfig::DEFAULT
+        );
         assert_eq!(
             c.iso8583.max_connections_per_shard,
             d.iso8583.max_connections_per_shard
@@ -785,6 +881,19 @@ mod tests {
             (
                 "[iso8583]\nmax_connections_per_shard = 0",
                 "iso8583.max_connections_per_shard",
+            ),
+            (
+                "[admission]\nqueue_delay_target_us = 0",
+                "admission.queue_delay_target_us",
+            ),
+            ("[admission]\ninterval_ms = 0", "admission.interval_ms"),
+            (
+                "[admission]\nmin_limit = 300\ninitial_limit = 200",
+                "admission.min_limit",
+            ),
+            (
+                "[admission]\nmax_in_flight_per_shard = 10",
+                "admission.initial_limit",
             ),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();

@@ -2,6 +2,7 @@
 //!
 //! `main.rs` only wires these modules together.
 
+pub mod admission;
 pub mod affinity;
 pub mod config;
 pub mod domain;

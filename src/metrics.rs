@@ -288,7 +288,17 @@ pub fn render(
     let mut t = Text {
         out: String::with_capacity(32 * 1024),
     };
-    let gauges: [Series; 15] = [
+    let gauges: [Series; 17] = [
+        (
+            "admission_limit",
+            "The adaptive concurrency limit new work is admitted under.",
+            |s| u64::from(s.admission_limit),
+        ),
+        (
+            "admission_in_flight",
+            "Requests admitted and not yet answered.",
+            |s| u64::from(s.admission_in_flight),
+        ),
         (
             "data_free_bytes",
             "Free bytes on the data directory's filesystem (as the shard last saw them).",
@@ -400,6 +410,13 @@ pub fn render(
         |s, k| s.shed[k],
     );
     let seconds = |micros: u64| micros as f64 / MICROS;
+    t.per_shard(
+        stats,
+        "queue_delay_seconds",
+        "gauge",
+        "Latest sample of how long a ready task waits for the shard's executor (admission's signal).",
+        |s| seconds(s.queue_delay_micros),
+    );
     t.per_shard(
         stats,
         "store_commit_seconds_total",

@@ -57,6 +57,11 @@ pub struct RunStats {
     /// Latency of measured requests from their scheduled send time (ns), all operations.
     pub latency: Histogram<u64>,
     pub per_op: Vec<Histogram<u64>>,
+    /// The same latency split by outcome: admitted (approved or declined: the gateway did the
+    /// work) and shed (503 / 429 / DE39 91: answered at once). Under overload the two tell
+    /// different stories; mixed, neither shows.
+    pub admitted: Histogram<u64>,
+    pub shed_latency: Histogram<u64>,
     /// How late the dispatcher handed each request to a connection (ns): if this grows,
     /// the harness, not the server, is the limit.
     pub dispatch_lag: Histogram<u64>,
@@ -123,10 +128,12 @@ impl Default for EngineOpts {
 }
 
 impl RunStats {
-    fn new() -> RunStats {
+    pub(crate) fn new() -> RunStats {
         RunStats {
             latency: histogram(),
             per_op: OPS.iter().map(|_| histogram()).collect(),
+            admitted: histogram(),
+            shed_latency: histogram(),
             dispatch_lag: histogram(),
             scheduled_all: 0,
             scheduled: 0,
@@ -254,15 +261,18 @@ impl Shared {
         let slot = match class {
             Class::Ok => {
                 s.ok += 1;
+                s.admitted.saturating_record(ns);
                 0
             }
             Class::Declined => {
                 s.declined += 1;
+                s.admitted.saturating_record(ns);
                 *s.declines.entry(detail.unwrap_or_default()).or_default() += 1;
                 1
             }
             Class::Shed => {
                 s.shed += 1;
+                s.shed_latency.saturating_record(ns);
                 2
             }
             Class::Error => {

@@ -6,16 +6,21 @@
 //! corepay-perf sweep    [--scenario F] [flags] [--out DIR]   raise the rate until p99 > bound
 //! corepay-perf soak     [--scenario F] [flags] [--out DIR]   a fixed rate for millions of
 //!                       payments, window by window (--gateway-pid P | --start-gateway)
+//! corepay-perf overload [--scenario F] [--sustainable R] [--factor 2] [flags] [--out DIR]
+//!                       half load, then overload: admitted and shed latency apart, judged
 //! corepay-perf compare  A.json B.json                        figures side by side, B/A
 //! corepay-perf plot     spectrum|sweep|soak OUT.svg R.json... SVG plots
 //! corepay-perf responder --http ADDR --iso ADDR [--durable DIR] [--core N]
 //! corepay-perf suite    [--out DIR] [flags]                  every baseline, one table
+//! corepay-perf instructions [--baseline F] [--max-regression 0.10] [--write-baseline WHY]
+//!                       corepay's instructions per authorization against a committed baseline
 //! ```
 
 mod admin;
 mod check;
 mod cli;
 mod engine;
+mod overload;
 mod plot;
 mod report;
 mod responder;
@@ -35,7 +40,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
         eprintln!(
-            "usage: corepay-perf run|sweep|soak|compare|plot|responder|suite ... (see perf/README.md)"
+            "usage: corepay-perf run|sweep|soak|overload|compare|plot|responder|suite|instructions ... (see perf/README.md)"
         );
         std::process::exit(2);
     };
@@ -43,10 +48,12 @@ fn main() {
         "run" => cmd_run(&a),
         "sweep" => cmd_sweep(&a),
         "soak" => soak::cmd_soak(&a),
+        "overload" => overload::cmd_overload(&a),
         "compare" => cmd_compare(&a),
         "plot" => cmd_plot(&a),
         "responder" => cmd_responder(&a),
         "suite" => suite::cmd_suite(&a),
+        "instructions" => suite::cmd_instructions(&a),
         _ => Err(format!("unknown command {command:?}")),
     });
     match result {

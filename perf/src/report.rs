@@ -129,6 +129,12 @@ pub struct RunResult {
     pub declines: BTreeMap<String, u64>,
     pub accounting: Accounting,
     pub latency: Percentiles,
+    /// Latency of answers the gateway did the work for (approved or declined), and of those
+    /// it shed (503 / 91), apart.
+    #[serde(default)]
+    pub admitted_latency: Percentiles,
+    #[serde(default)]
+    pub shed_latency: Percentiles,
     pub per_op: BTreeMap<String, OpResult>,
     pub dispatch_lag: Percentiles,
     /// (percentile, µs) pairs of the whole distribution, for plots.
@@ -182,6 +188,8 @@ impl RunResult {
                 approved: stats.ok_all,
             },
             latency: Percentiles::of(&stats.latency),
+            admitted_latency: Percentiles::of(&stats.admitted),
+            shed_latency: Percentiles::of(&stats.shed_latency),
             per_op,
             dispatch_lag: Percentiles::of(&stats.dispatch_lag),
             spectrum: spectrum(&stats.latency),
@@ -230,6 +238,23 @@ impl RunResult {
             "  latency from scheduled send (ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3}",
             l.p50 / 1e3, l.p90 / 1e3, l.p99 / 1e3, l.p999 / 1e3, l.p9999 / 1e3, l.max / 1e3
         );
+        for (what, p) in [
+            ("admitted", &self.admitted_latency),
+            ("shed", &self.shed_latency),
+        ] {
+            if p.count > 0 {
+                let _ = writeln!(
+                    o,
+                    "  {what:<8} {:>9} answers (ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+                    p.count,
+                    p.p50 / 1e3,
+                    p.p90 / 1e3,
+                    p.p99 / 1e3,
+                    p.p999 / 1e3,
+                    p.max / 1e3
+                );
+            }
+        }
         let _ = writeln!(
             o,
             "  answers: {} ok, {} declined, {} shed, {} errors (of {} measured)",

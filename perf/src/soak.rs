@@ -138,6 +138,8 @@ pub fn cmd_soak(a: &Args) -> Result<i32, String> {
                 server_core: a.parsed("server-core")?.unwrap_or(1),
                 port_base: a.parsed("port-base")?.unwrap_or(29_000),
                 state,
+                extra_toml: String::new(),
+                pin: true,
             },
             baseline,
             a.parsed::<usize>("load-core")?,

@@ -63,9 +63,12 @@ impl Gateway {
         let config = format!(
             "[server]\nshards = 2\npin_cores = false\ndata_dir = \"{}\"\n\n[http]\nlisten = \"{http}\"\n\n\
              [operator]\nlisten = \"{operator}\"\n\n[iso8583]\nlisten = \"{iso}\"\n\n\
-             [secrets]\nadmin_key = \"{ADMIN_KEY}\"\n",
+             [secrets]\nadmin_key = \"{ADMIN_KEY}\"\n\n\
+             [admission]\nadaptive = false\n",
             dir.join("data").display()
         );
+        // Admission sheds by time, and a debug gateway beside other tests is slow by its
+        // standards: these tests check the harness's accounting, so only the hard cap applies.
         std::fs::write(dir.join("corepay.toml"), config).unwrap();
         let log = std::fs::File::create(dir.join("log")).unwrap();
         let child = Command::new(corepay_binary())

@@ -9,6 +9,7 @@ pub mod idem_index;
 pub mod msg;
 pub mod service;
 
+use crate::admission::{Admission, AdmissionConfig, Priority, Refusal, Ticket};
 use crate::domain::{Lsn, Millis, ShardId};
 use crate::gateway::idem_index::{IdemIndex, Local};
 use crate::gateway::msg::*;
@@ -51,10 +52,21 @@ pub enum ShedReason {
     StoreRead = 2,
     /// The WAL refused the record (back-pressure, poisoned, stopping).
     WalFull = 3,
+    /// Admission: the request waited in the shard's queue longer than allowed.
+    QueueTime = 4,
+    /// Admission: the shard had as much in flight as its adaptive limit (or hard cap).
+    Concurrency = 5,
 }
 
 /// `ShedReason` names, as metric labels.
-pub const SHED_REASONS: [&str; 4] = ["disk_low", "window_full", "store_read", "wal_full"];
+pub const SHED_REASONS: [&str; 6] = [
+    "disk_low",
+    "window_full",
+    "store_read",
+    "wal_full",
+    "queue_time",
+    "concurrency",
+];
 
 /// Settings the gateway needs; the config module fills them.
 #[derive(Clone, Debug)]
@@ -69,6 +81,8 @@ pub struct GatewayConfig {
     pub credit_resend_millis: u64,
     /// Key of the card-number HMAC.
     pub pan_key: crate::secrets::PanKey,
+    /// Admission control (`[admission]`).
+    pub admission: AdmissionConfig,
     /// Only for the power-loss test that proves the test can catch it: answer before the
     /// record is durable. Never set in production; the config file cannot set it.
     #[doc(hidden)]
@@ -85,6 +99,7 @@ impl GatewayConfig {
             idempotency_max_keys: 1_000_000,
             credit_resend_millis: 500,
             pan_key: crate::secrets::PanKey::from_hex(&"ab".repeat(32)).expect("valid hex"),
+            admission: AdmissionConfig::DEFAULT,
             ack_before_durable: false,
         }
     }
@@ -135,6 +150,49 @@ pub struct Gateway<D: SegmentDir, P: Peers> {
     /// the payment window had no room.
     pub cold_reads: Cell<u64>,
     pub store_shed: Cell<u64>,
+    /// Admission control, and the origin of its microsecond clock.
+    admission: Rc<RefCell<Admission>>,
+    started: std::time::Instant,
+}
+
+/// A request's place in admission; dropped when the request is answered (or abandoned), it
+/// gives the place back and reports how long the request took.
+pub struct Admitted {
+    admission: Rc<RefCell<Admission>>,
+    started: std::time::Instant,
+    ticket: Option<Ticket>,
+}
+
+impl Admitted {
+    /// The queue-time rule when the request's work begins after it waited `waited_micros`
+    /// for its turn: itself, or `None` when it waited too long and is to be shed (counted;
+    /// the place is given back).
+    pub fn timely(mut self, waited_micros: u64) -> Option<Admitted> {
+        let ticket = self
+            .ticket
+            .take()
+            .expect("an admitted request holds its ticket");
+        let now = micros_since(self.started);
+        let ticket = self
+            .admission
+            .borrow_mut()
+            .timely(now, waited_micros, ticket)?;
+        self.ticket = Some(ticket);
+        Some(self)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            let now = micros_since(self.started);
+            self.admission.borrow_mut().done(now, ticket);
+        }
+    }
+}
+
+fn micros_since(t: std::time::Instant) -> u64 {
+    u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 /// How often a shard looks for authorizations whose hold is due.
@@ -166,6 +224,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             "a payment window goes with a store, and only with one"
         );
         let shards = config.shards as usize;
+        let config_admission = config.admission;
         Rc::new(Gateway {
             config,
             ledger: RefCell::new(ledger),
@@ -189,6 +248,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             last_expiry_scan: Cell::new(0),
             cold_reads: Cell::new(0),
             store_shed: Cell::new(0),
+            admission: Rc::new(RefCell::new(Admission::new(config_admission))),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -216,6 +277,29 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
     /// Stop taking new work (SIGTERM): every later command answers `Unavailable`.
     pub fn stop_accepting(&self) {
         self.accepting.set(false);
+    }
+
+    // ---- admission ---------------------------------------------------------------------
+
+    /// Admission for a request as it is read: its place (given back when dropped, once the
+    /// request is answered), or the reason to answer it 503 / 91 now (counted).
+    pub fn admit(&self, priority: Priority) -> Result<Admitted, ShedReason> {
+        let now = micros_since(self.started);
+        match self.admission.borrow_mut().admit(now, priority) {
+            Ok(ticket) => Ok(Admitted {
+                admission: self.admission.clone(),
+                started: self.started,
+                ticket: Some(ticket),
+            }),
+            Err(Refusal::QueueTime) => Err(ShedReason::QueueTime),
+            Err(Refusal::Concurrency) => Err(ShedReason::Concurrency),
+        }
+    }
+
+    /// A sample of the shard's queue delay: how late a timer task ran.
+    pub fn observe_queue_delay(&self, delay_micros: u64) {
+        let now = micros_since(self.started);
+        self.admission.borrow_mut().observe_delay(now, delay_micros);
     }
 
     // ---- the durability rule -----------------------------------------------------------
@@ -946,7 +1030,20 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             wal_bytes: wal.bytes_written,
             wal_sync_buckets: wal.sync_micros,
             wal_batch_records: wal.batch_records,
-            shed: std::array::from_fn(|k| self.shed[k].get()),
+            shed: std::array::from_fn(|k| {
+                // Admission counts its own refusals (a late request is refused by its ticket).
+                let admission = self.admission.borrow();
+                self.shed[k].get()
+                    + match k {
+                        k if k == ShedReason::QueueTime as usize => {
+                            admission.refused(Refusal::QueueTime)
+                        }
+                        k if k == ShedReason::Concurrency as usize => {
+                            admission.refused(Refusal::Concurrency)
+                        }
+                        _ => 0,
+                    }
+            }),
             requests: self.requests.get(),
             dropped_posts: 0,
             payments_in_memory: ledger.payments_held().0,
@@ -972,6 +1069,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             mesh_in_flight: self.peers.in_flight(),
             data_free_bytes: self.stores.as_ref().map_or(0, |s| s.space.free_bytes()),
             data_space_low: self.stores.as_ref().is_some_and(|s| s.space.low()),
+            admission_limit: self.admission.borrow().limit(),
+            admission_in_flight: self.admission.borrow().in_flight(),
+            queue_delay_micros: self.admission.borrow().queue_delay(),
         }
     }
 }

@@ -173,6 +173,11 @@ pub struct ShardStats {
     /// (below `state.min_free_mb`).
     pub data_free_bytes: u64,
     pub data_space_low: bool,
+    /// Admission: the concurrency limit new work is admitted under, requests admitted and
+    /// not yet answered, and the latest queue-delay sample (µs).
+    pub admission_limit: u32,
+    pub admission_in_flight: u32,
+    pub queue_delay_micros: u64,
 }
 
 /// Every answer.

@@ -33,7 +33,7 @@ pub struct Response {
 }
 
 impl Response {
-    fn json(status: u16, value: &Value) -> Response {
+    fn json(status: u16, value: &impl serde::Serialize) -> Response {
         let body = serde_json::to_vec(value).expect("JSON values serialise");
         Response {
             status,
@@ -697,12 +697,7 @@ fn outcome_response(outcome: Outcome, created: u16) -> Response {
     match outcome {
         Outcome::Payment(view) => match view.decline {
             None => Response::json(created, &json::payment(&view)),
-            Some(d) => {
-                let value = json!({"error": {"type": "card_error", "code": "card_declined",
-                    "decline_code": d.http_code(), "message": d.message(), "param": null,
-                    "response_code": d.iso_code()}, "payment": json::payment(&view)});
-                Response::json(402, &value)
-            }
+            Some(d) => Response::json(402, &json::declined(&view, d)),
         },
         Outcome::Account(view) => Response::json(created, &json::account(&view)),
         Outcome::Card {

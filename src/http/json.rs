@@ -2,7 +2,7 @@
 
 use crate::domain::{format_amount, Currency};
 use crate::ledger::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 #[derive(Deserialize)]
@@ -123,24 +123,87 @@ pub fn parse_card_id(text: &str) -> Option<u64> {
         .flatten()
 }
 
-pub fn payment(view: &PaymentView) -> Value {
+/// A payment as the API shows it. Serialised straight from the view, not through a
+/// `serde_json::Value` (a map of owned strings per answer): the fields are in alphabetical
+/// order, as a `Value` writes them, so the bytes are the same (a test checks).
+#[derive(Serialize)]
+pub struct PaymentJson<'a> {
+    amount: String,
+    amount_captured: String,
+    amount_refunded: String,
+    approval_code: Option<&'a str>,
+    card: CardJson<'a>,
+    created_at: u64,
+    currency: &'static str,
+    decline_code: Option<&'static str>,
+    id: String,
+    merchant_id: &'a str,
+    object: &'static str,
+    reference: &'a str,
+    response_code: &'static str,
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct CardJson<'a> {
+    bin: &'a str,
+    last4: &'a str,
+}
+
+pub fn payment(view: &PaymentView) -> PaymentJson<'_> {
     let c = view.currency;
-    json!({
-        "id": payment_id(view.id),
-        "object": "payment",
-        "status": view.status.as_str(),
-        "amount": format_amount(view.amount, c),
-        "amount_captured": format_amount(view.amount_captured, c),
-        "amount_refunded": format_amount(view.amount_refunded, c),
-        "currency": c.alpha(),
-        "card": { "bin": view.bin, "last4": view.last4 },
-        "approval_code": view.approval_code,
-        "response_code": view.decline.map(|d| d.iso_code()).unwrap_or("00"),
-        "decline_code": view.decline.map(|d| d.http_code()),
-        "merchant_id": view.merchant.0,
-        "reference": view.reference,
-        "created_at": view.created_at.0 / 1000,
-    })
+    PaymentJson {
+        amount: format_amount(view.amount, c),
+        amount_captured: format_amount(view.amount_captured, c),
+        amount_refunded: format_amount(view.amount_refunded, c),
+        approval_code: view.approval_code.as_deref(),
+        card: CardJson {
+            bin: &view.bin,
+            last4: &view.last4,
+        },
+        created_at: view.created_at.0 / 1000,
+        currency: c.alpha(),
+        decline_code: view.decline.map(|d| d.http_code()),
+        id: payment_id(view.id),
+        merchant_id: &view.merchant.0,
+        object: "payment",
+        reference: &view.reference,
+        response_code: view.decline.map(|d| d.iso_code()).unwrap_or("00"),
+        status: view.status.as_str(),
+    }
+}
+
+/// A declined payment's 402 body: the error object with the payment beside it (fields in
+/// alphabetical order, as `payment`).
+#[derive(Serialize)]
+pub struct DeclinedJson<'a> {
+    error: DeclineErrorJson,
+    payment: PaymentJson<'a>,
+}
+
+#[derive(Serialize)]
+struct DeclineErrorJson {
+    code: &'static str,
+    decline_code: &'static str,
+    message: &'static str,
+    param: Option<&'static str>,
+    response_code: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+pub fn declined(view: &PaymentView, d: Decline) -> DeclinedJson<'_> {
+    DeclinedJson {
+        error: DeclineErrorJson {
+            code: "card_declined",
+            decline_code: d.http_code(),
+            message: d.message(),
+            param: None,
+            response_code: d.iso_code(),
+            kind: "card_error",
+        },
+        payment: payment(view),
+    }
 }
 
 pub fn account(view: &AccountView) -> Value {
@@ -178,4 +241,79 @@ pub fn currency(text: &str) -> Option<Currency> {
         return None;
     }
     Currency::from_alpha(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Millis, ShardId};
+
+    fn view(decline: Option<Decline>, approval: Option<&str>) -> PaymentView {
+        PaymentView {
+            id: PaymentRef {
+                shard: ShardId(1),
+                seq: 42,
+            },
+            merchant: MerchantId("SHOP\"1".into()),
+            status: PaymentStatus::Authorized,
+            amount: 12_345,
+            amount_captured: 0,
+            amount_refunded: 0,
+            currency: Currency::from_alpha("EUR").unwrap(),
+            bin: "424242".into(),
+            last4: "4242".into(),
+            approval_code: approval.map(str::to_string),
+            decline,
+            reference: "order \\ 7".into(),
+            created_at: Millis(1_700_000_000_123),
+        }
+    }
+
+    /// What the answers were before they were typed: a `json!` map (sorted keys).
+    fn as_value(view: &PaymentView) -> Value {
+        let c = view.currency;
+        json!({
+            "id": payment_id(view.id),
+            "object": "payment",
+            "status": view.status.as_str(),
+            "amount": format_amount(view.amount, c),
+            "amount_captured": format_amount(view.amount_captured, c),
+            "amount_refunded": format_amount(view.amount_refunded, c),
+            "currency": c.alpha(),
+            "card": { "bin": view.bin, "last4": view.last4 },
+            "approval_code": view.approval_code,
+            "response_code": view.decline.map(|d| d.iso_code()).unwrap_or("00"),
+            "decline_code": view.decline.map(|d| d.http_code()),
+            "merchant_id": view.merchant.0,
+            "reference": view.reference,
+            "created_at": view.created_at.0 / 1000,
+        })
+    }
+
+    #[test]
+    fn typed_payment_answers_are_byte_for_byte_the_json_map_answers() {
+        for v in [
+            view(None, Some("A1B2C3")),
+            view(Some(Decline::InsufficientFunds), None),
+        ] {
+            let typed = serde_json::to_vec(&payment(&v)).unwrap();
+            let map = serde_json::to_vec(&as_value(&v)).unwrap();
+            assert_eq!(
+                String::from_utf8(typed).unwrap(),
+                String::from_utf8(map).unwrap()
+            );
+            if let Some(d) = v.decline {
+                let typed = serde_json::to_vec(&declined(&v, d)).unwrap();
+                let map = serde_json::to_vec(&json!({"error": {"type": "card_error",
+                    "code": "card_declined", "decline_code": d.http_code(),
+                    "message": d.message(), "param": null, "response_code": d.iso_code()},
+                    "payment": as_value(&v)}))
+                .unwrap();
+                assert_eq!(
+                    String::from_utf8(typed).unwrap(),
+                    String::from_utf8(map).unwrap()
+                );
+            }
+        }
+    }
 }

@@ -3,9 +3,10 @@
 //!
 //! Never: touches the ledger or the WAL, or keeps DE2/DE35 beyond the call that hashes them.
 
+use crate::admission::Priority;
 use crate::domain::{Currency, AMOUNT_MAX_MINOR};
 use crate::gateway::service::{transfer_key, Answer, NewPayment};
-use crate::gateway::{Gateway, Peers, ServiceError};
+use crate::gateway::{Admitted, Gateway, Peers, ServiceError};
 use crate::iso8583::codec::{decode, decode_partial, encode, BitmapEncoding, Message};
 use crate::ledger::state::card_expired;
 use crate::ledger::*;
@@ -36,6 +37,36 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> IsoApi<D, P> {
         let response = self.respond(&request).await;
         let mut out = Vec::with_capacity(256);
         encode(&response, self.bitmap, &mut out).expect("responses are built from valid fields");
+        Some(out)
+    }
+
+    /// Admission for a frame as it is read (see `crate::admission`): `Ok` to handle it,
+    /// holding its place until answered, or `Err` with a 91 answer to send at once.
+    /// Authorizations and financial requests are new work; advices and reversals finish
+    /// admitted work (an acquirer must get its reversals through); network management, and
+    /// frames that are not requests, are not subject.
+    pub fn admit(&self, frame: &[u8]) -> Result<Option<Admitted>, Option<Vec<u8>>> {
+        let priority = match frame.get(..4) {
+            Some(b"0100" | b"0101" | b"0200" | b"0201") => Priority::New,
+            Some([b'0', b'2', b'2', b'0' | b'1'] | [b'0', b'4', b'0' | b'2', b'0' | b'1']) => {
+                Priority::FollowUp
+            }
+            _ => return Ok(None),
+        };
+        match self.gateway.admit(priority) {
+            Ok(place) => Ok(Some(place)),
+            Err(_) => Err(self.refuse(frame)),
+        }
+    }
+
+    /// The 91 answer to a frame that was shed (a 30 when it does not decode).
+    pub fn refuse(&self, frame: &[u8]) -> Option<Vec<u8>> {
+        let Ok(request) = decode(frame, self.bitmap) else {
+            return self.format_error(frame);
+        };
+        let mti = response_mti(request.mti())?;
+        let mut out = Vec::with_capacity(128);
+        encode(&answer(&request, mti, b"91"), self.bitmap, &mut out).ok()?;
         Some(out)
     }
 

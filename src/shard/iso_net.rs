@@ -22,6 +22,7 @@
 //! connection's bytes affect another.
 
 use crate::config;
+use crate::gateway::Admitted;
 use crate::gateway::Peers;
 use crate::iso8583::flows::IsoApi;
 use crate::iso8583::{write_frame, FrameReader, Framing};
@@ -41,11 +42,33 @@ use std::time::Duration;
 pub trait FrameHandler: 'static {
     /// The encoded response body, or `None` to close the connection.
     fn handle(&self, frame: &[u8]) -> impl Future<Output = Option<Vec<u8>>>;
+
+    /// Admission for a frame as it is read: `Ok` to handle it (the place, if any, is held
+    /// until it is answered), or `Err` with the answer to send at once instead (`None`:
+    /// close). Everything is admitted by default.
+    fn admit(&self, frame: &[u8]) -> Result<Option<Admitted>, Option<Vec<u8>>> {
+        let _ = frame;
+        Ok(None)
+    }
+
+    /// The answer to a frame shed after admission (it waited too long for its turn).
+    fn refuse(&self, frame: &[u8]) -> Option<Vec<u8>> {
+        let _ = frame;
+        None
+    }
 }
 
 impl<D: SegmentDir + 'static, P: Peers + 'static> FrameHandler for IsoApi<D, P> {
     fn handle(&self, frame: &[u8]) -> impl Future<Output = Option<Vec<u8>>> {
         IsoApi::handle(self, frame)
+    }
+
+    fn admit(&self, frame: &[u8]) -> Result<Option<Admitted>, Option<Vec<u8>>> {
+        IsoApi::admit(self, frame)
+    }
+
+    fn refuse(&self, frame: &[u8]) -> Option<Vec<u8>> {
+        IsoApi::refuse(self, frame)
     }
 }
 
@@ -300,12 +323,35 @@ async fn read_loop<H: FrameHandler, R: futures_lite::AsyncRead + Unpin>(
                 continue;
             }
             let slot = Slot::take(conn, listener);
-            let body = buf[start + header..start + header + len].to_vec();
+            let frame = &buf[start + header..start + header + len];
+            // Admission as the frame is read, before it queues anywhere: a shed answer waits
+            // for nothing.
+            let place = match handler.admit(frame) {
+                Ok(place) => place,
+                Err(answer) => {
+                    crate::metrics::record_iso(crate::metrics::classify_mti(frame), 0);
+                    start += header + len;
+                    conn.reply(answer, slot);
+                    continue;
+                }
+            };
+            let body = frame.to_vec();
             start += header + len;
             let (handler, task_conn) = (handler.clone(), conn.clone());
+            let read_at = std::time::Instant::now();
             glommio::spawn_local(async move {
                 let started = std::time::Instant::now();
-                let answer = handler.handle(&body).await;
+                let waited = u64::try_from(started.saturating_duration_since(read_at).as_micros())
+                    .unwrap_or(u64::MAX);
+                let answer = match place.map(|p| p.timely(waited)) {
+                    // Its turn came too late (queue time): shed now.
+                    Some(None) => handler.refuse(&body),
+                    place => {
+                        let answer = handler.handle(&body).await;
+                        drop(place);
+                        answer
+                    }
+                };
                 let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 crate::metrics::record_iso(crate::metrics::classify_mti(&body), micros);
                 drop(body);

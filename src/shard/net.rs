@@ -1,6 +1,7 @@
 //! Listeners and connections: the HTTP API on every shard (SO_REUSEPORT), the operator
 //! endpoint on shard 0, time limits, and connection limits.
 
+use crate::admission::Priority;
 use crate::config;
 use crate::gateway::{Gateway, Peers};
 use crate::http::api::{Api, Response};
@@ -181,17 +182,37 @@ async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
             Some(Ok(r)) => r,
         };
         let started = Instant::now();
-        state.active.set(state.active.get() + 1);
-        let response = api.handle(&request).await;
-        state.active.set(state.active.get() - 1);
-        let keep_alive = request.keep_alive && !state.stopped.get();
-        write_api_response(&mut out, &response, keep_alive);
         let endpoint = metrics::classify(request.method == Method::Post, &request.path);
-        metrics::record(
-            endpoint,
-            response.status,
-            started.elapsed().as_micros() as u64,
-        );
+        let response = match api.gateway.admit(http_priority(endpoint)) {
+            Ok(place) => {
+                state.active.set(state.active.get() + 1);
+                let response = api.handle(&request).await;
+                drop(place);
+                state.active.set(state.active.get() - 1);
+                Some(response)
+            }
+            Err(_) => None,
+        };
+        let keep_alive = request.keep_alive && !state.stopped.get();
+        let status = match &response {
+            Some(r) => {
+                write_api_response(&mut out, r, keep_alive);
+                r.status
+            }
+            None => {
+                // Shed: answered at once, from bytes prepared in advance.
+                wire::write_response(
+                    &mut out,
+                    503,
+                    &[("retry-after", "1")],
+                    "application/json",
+                    OVERLOADED,
+                    keep_alive,
+                );
+                503
+            }
+        };
+        metrics::record(endpoint, status, started.elapsed().as_micros() as u64);
         // Answer at once, even when the next pipelined request has begun to arrive: holding
         // the answer until that request completes would make a client's latency depend on its
         // next request.
@@ -203,6 +224,17 @@ async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
             let _ = reader.get_mut().close().await;
             return;
         }
+    }
+}
+
+/// The body of a request shed by admission control (a Stripe-style error object).
+const OVERLOADED: &[u8] = br#"{"error":{"type":"api_error","code":"overloaded","decline_code":null,"message":"The gateway is at capacity; retry after the Retry-After delay.","param":null}}"#;
+
+/// What an HTTP request is to admission: captures, voids and refunds finish admitted work.
+fn http_priority(endpoint: usize) -> Priority {
+    match endpoint {
+        2..=4 => Priority::FollowUp,
+        _ => Priority::New,
     }
 }
 
