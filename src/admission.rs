@@ -54,7 +54,7 @@ impl AdmissionConfig {
     /// The defaults of `[admission]` (configs/corepay.toml says why each).
     pub const DEFAULT: AdmissionConfig = AdmissionConfig {
         adaptive: true,
-        target_micros: 1_000,
+        target_micros: 5_000,
         interval_micros: 100_000,
         latency_target_micros: 20_000,
         decrease_every_micros: 5_000,
