@@ -58,6 +58,15 @@ pub enum ShedReason {
     Concurrency = 5,
 }
 
+impl From<Refusal> for ShedReason {
+    fn from(refusal: Refusal) -> ShedReason {
+        match refusal {
+            Refusal::QueueTime => ShedReason::QueueTime,
+            Refusal::Concurrency => ShedReason::Concurrency,
+        }
+    }
+}
+
 /// `ShedReason` names, as metric labels.
 pub const SHED_REASONS: [&str; 6] = [
     "disk_low",
@@ -285,15 +294,12 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
     /// request is answered), or the reason to answer it 503 / 91 now (counted).
     pub fn admit(&self, priority: Priority) -> Result<Admitted, ShedReason> {
         let now = micros_since(self.started);
-        match self.admission.borrow_mut().admit(now, priority) {
-            Ok(ticket) => Ok(Admitted {
-                admission: self.admission.clone(),
-                started: self.started,
-                ticket: Some(ticket),
-            }),
-            Err(Refusal::QueueTime) => Err(ShedReason::QueueTime),
-            Err(Refusal::Concurrency) => Err(ShedReason::Concurrency),
-        }
+        let ticket = self.admission.borrow_mut().admit(now, priority)?;
+        Ok(Admitted {
+            admission: self.admission.clone(),
+            started: self.started,
+            ticket: Some(ticket),
+        })
     }
 
     /// A sample of the shard's queue delay: how late a timer task ran.
@@ -994,6 +1000,17 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         self.ledger.borrow().outbox().next().is_none()
     }
 
+    /// Requests shed per `ShedReason`: this gateway's counters, plus admission's own (a
+    /// late request is refused through its ticket, which does not reach the gateway).
+    fn shed_counts(&self) -> [u64; SHED_REASONS.len()] {
+        let mut counts: [u64; SHED_REASONS.len()] = std::array::from_fn(|k| self.shed[k].get());
+        let admission = self.admission.borrow();
+        for refusal in [Refusal::QueueTime, Refusal::Concurrency] {
+            counts[ShedReason::from(refusal) as usize] += admission.refused(refusal);
+        }
+        counts
+    }
+
     fn shed(&self, reason: ShedReason) {
         let n = &self.shed[reason as usize];
         n.set(n.get() + 1);
@@ -1030,20 +1047,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
             wal_bytes: wal.bytes_written,
             wal_sync_buckets: wal.sync_micros,
             wal_batch_records: wal.batch_records,
-            shed: std::array::from_fn(|k| {
-                // Admission counts its own refusals (a late request is refused by its ticket).
-                let admission = self.admission.borrow();
-                self.shed[k].get()
-                    + match k {
-                        k if k == ShedReason::QueueTime as usize => {
-                            admission.refused(Refusal::QueueTime)
-                        }
-                        k if k == ShedReason::Concurrency as usize => {
-                            admission.refused(Refusal::Concurrency)
-                        }
-                        _ => 0,
-                    }
-            }),
+            shed: self.shed_counts(),
             requests: self.requests.get(),
             dropped_posts: 0,
             payments_in_memory: ledger.payments_held().0,
