@@ -10,7 +10,14 @@ pub struct Args {
 }
 
 /// Flags that take no value.
-const SWITCHES: [&str; 5] = ["no-check", "no-provision", "quiet", "keep", "start-gateway"];
+const SWITCHES: [&str; 6] = [
+    "no-check",
+    "no-provision",
+    "quiet",
+    "keep",
+    "start-gateway",
+    "closed-loop",
+];
 
 impl Args {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {

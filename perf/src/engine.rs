@@ -12,6 +12,10 @@
 //! answers: in order for HTTP, by STAN for ISO 8583). A lost connection's requests in
 //! flight are counted as `connection_lost`, and the connection is re-opened.
 //!
+//! Closed loop (`Scenario::closed_loop`, wrk's model) is the exception: the queue is kept
+//! full, each connection sends as soon as a window slot frees, and latency counts from the
+//! send. It measures the most a server answers with a fixed number in flight, nothing else.
+//!
 //! For soaks (`run_with` and `EngineOpts::windows`), every answer is also aggregated into
 //! windows of wall time (`window`), and each closed window is sent to a sampler thread,
 //! which reads the gateway's RSS and metrics off this executor.
@@ -182,6 +186,9 @@ struct InFlight {
 
 struct Shared {
     queue: VecDeque<Pending>,
+    /// Closed loop: latency counts from the send, and the dispatcher refills the queue.
+    closed_loop: bool,
+    refill: Rc<Event>,
     gen: Generator,
     stats: RunStats,
     dispatch_done: bool,
@@ -382,8 +389,11 @@ fn set_rt_priority(priority: i32) -> Result<(), String> {
 }
 
 async fn drive(s: Scenario, gen: Generator, opts: EngineOpts) -> Result<RunStats, String> {
+    let refill = Rc::new(Event::new());
     let shared = Rc::new(RefCell::new(Shared {
         queue: VecDeque::new(),
+        closed_loop: s.closed_loop,
+        refill: refill.clone(),
         gen,
         stats: RunStats::new(),
         dispatch_done: false,
@@ -429,6 +439,13 @@ async fn drive(s: Scenario, gen: Generator, opts: EngineOpts) -> Result<RunStats
         return Err(format!("no connection to {} could be opened", s.addr));
     }
 
+    if s.closed_loop {
+        if opts.windows.is_some() {
+            shared.borrow_mut().stopped = true;
+            return Err("closed_loop: a soak is open loop (it measures latency at a rate)".into());
+        }
+        return closed_loop(&s, &shared, &work, &refill).await;
+    }
     let interval_ns = 1e9 / s.rate;
     let total = (s.rate * s.duration_s).round().max(1.0) as u64;
     let warm = (s.rate * s.warmup_s).round() as u64;
@@ -548,6 +565,85 @@ async fn drive(s: Scenario, gen: Generator, opts: EngineOpts) -> Result<RunStats
     Ok(stats)
 }
 
+/// The closed loop: keeps `connections × window` requests queued for `warmup_s +
+/// duration_s`, then drains for at most `drain_s`. The writers stamp each request when they
+/// take it (its send), so no latency here includes time spent waiting to be sent.
+async fn closed_loop(
+    s: &Scenario,
+    shared: &Rc<RefCell<Shared>>,
+    work: &Event,
+    refill: &Event,
+) -> Result<RunStats, String> {
+    let capacity = s.connections * s.window;
+    let start = Instant::now();
+    let measured_start = start + Duration::from_secs_f64(s.warmup_s);
+    let end = measured_start + Duration::from_secs_f64(s.duration_s);
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let listener = refill.listen();
+        let added = {
+            let mut sh = shared.borrow_mut();
+            let mut added = 0;
+            while sh.queue.len() < capacity {
+                let op = sh.gen.next_op();
+                let measured = now >= measured_start;
+                sh.stats.scheduled_all += 1;
+                if measured {
+                    sh.stats.scheduled += 1;
+                }
+                sh.queue.push_back(Pending {
+                    scheduled: now,
+                    measured,
+                    op,
+                });
+                added += 1;
+            }
+            added
+        };
+        if added > 0 {
+            work.notify(added);
+        }
+        // Until a writer has taken half the queue, or the run's end.
+        futures_lite::future::or(listener, async {
+            glommio::timer::sleep(end.saturating_duration_since(Instant::now())).await;
+        })
+        .await;
+    }
+    // Nothing more is sent: what is queued was never sent.
+    let drain_deadline = end + Duration::from_secs_f64(s.drain_s);
+    {
+        let mut sh = shared.borrow_mut();
+        let unsent = sh.queue.len() as u64;
+        let measured_unsent = sh.queue.iter().filter(|p| p.measured).count() as u64;
+        sh.queue.clear();
+        sh.stats.unsent_all += unsent;
+        sh.stats.scheduled -= measured_unsent;
+        sh.dispatch_done = true;
+    }
+    work.notify(usize::MAX);
+    while shared.borrow().in_flight > 0 && Instant::now() < drain_deadline {
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    let mut sh = shared.borrow_mut();
+    sh.stopped = true;
+    sh.stats.unanswered_all += sh.in_flight;
+    let measured_end = end.max(sh.last_measured_answer.unwrap_or(end));
+    sh.stats.measured_s = measured_end
+        .saturating_duration_since(measured_start)
+        .as_secs_f64();
+    let measured_answers =
+        sh.stats.ok + sh.stats.declined + sh.stats.shed + sh.stats.errors.values().sum::<u64>();
+    sh.stats.achieved_rate = measured_answers as f64 / sh.stats.measured_s.max(1e-9);
+    sh.stats.cold_fallbacks = sh.gen.cold_fallbacks();
+    let stats = std::mem::replace(&mut sh.stats, RunStats::new());
+    drop(sh);
+    work.notify(usize::MAX);
+    Ok(stats)
+}
+
 /// One connection for the whole run: (re)connects, runs a writer and a reader, and
 /// accounts for the requests a failure takes with it.
 async fn connection(
@@ -640,7 +736,13 @@ async fn writer(
             let mut sh = shared.borrow_mut();
             let mut c = conn.borrow_mut();
             while c.count() < s.window {
-                let Some(p) = sh.queue.pop_front() else { break };
+                let Some(mut p) = sh.queue.pop_front() else { break };
+                if sh.closed_loop {
+                    p.scheduled = Instant::now();
+                    if sh.queue.len() < s.connections * s.window / 2 {
+                        sh.refill.notify(1);
+                    }
+                }
                 let f = encode_request(s, &mut sh, &c, p, &mut buf, &mut scratch);
                 sh.in_flight += 1;
                 match s.protocol {

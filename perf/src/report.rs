@@ -228,14 +228,30 @@ impl RunResult {
             self.scenario.connections,
             self.scenario.window
         );
+        if self.scenario.closed_loop {
+            let _ = writeln!(
+                o,
+                "  closed loop ({} in flight): achieved {:.0}/s over {:.1} s (warm-up {:.1} s excluded)",
+                self.scenario.connections * self.scenario.window,
+                self.achieved_rate,
+                self.measured_s,
+                self.scenario.warmup_s
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "  rate: target {:.0}/s, achieved {:.0}/s over {:.1} s (warm-up {:.1} s excluded)",
+                self.target_rate, self.achieved_rate, self.measured_s, self.scenario.warmup_s
+            );
+        }
+        let from = if self.scenario.closed_loop {
+            "send"
+        } else {
+            "scheduled send"
+        };
         let _ = writeln!(
             o,
-            "  rate: target {:.0}/s, achieved {:.0}/s over {:.1} s (warm-up {:.1} s excluded)",
-            self.target_rate, self.achieved_rate, self.measured_s, self.scenario.warmup_s
-        );
-        let _ = writeln!(
-            o,
-            "  latency from scheduled send (ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3}",
+            "  latency from {from} (ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3}",
             l.p50 / 1e3, l.p90 / 1e3, l.p99 / 1e3, l.p999 / 1e3, l.p9999 / 1e3, l.max / 1e3
         );
         for (what, p) in [

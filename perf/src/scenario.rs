@@ -42,6 +42,11 @@ pub struct Scenario {
     pub window: usize,
     /// Requests per second, spread evenly (open loop).
     pub rate: f64,
+    /// Closed loop instead (wrk's model): every connection sends its next request as soon
+    /// as a window slot frees, `rate` is ignored, and latency counts from the actual send.
+    /// For the highest rate a server sustains with `connections × window` in flight; never
+    /// for latency under a given load (that is the open loop's job).
+    pub closed_loop: bool,
     pub duration_s: f64,
     /// Excluded from every figure (still sent and accounted for).
     pub warmup_s: f64,
@@ -140,6 +145,7 @@ impl Default for Scenario {
             window: 16,
             rate: 1000.0,
             duration_s: 10.0,
+            closed_loop: false,
             warmup_s: 2.0,
             drain_s: 5.0,
             core: None,
@@ -276,6 +282,9 @@ impl Scenario {
         }
         if let Some(v) = args.parsed::<i32>("load-rt-priority")? {
             s.load_rt_priority = Some(v);
+        }
+        if args.has("closed-loop") {
+            s.closed_loop = true;
         }
         if let Some(v) = args.get("admin-key") {
             s.admin_key = Some(v.into());
