@@ -219,6 +219,60 @@ fn blocked_merchant_is_58() {
     b.approve(&b.pay("10.00"));
 }
 
+/// A connection remembers the key it proved (hashed once per connection and key), but not
+/// the merchant's status: a merchant blocked while its connection is open is declined on that
+/// same connection at once, and served again once active.
+#[test]
+fn blocked_merchant_is_58_on_a_connection_opened_before() {
+    let b = Bank::funded();
+    let mut m = b.merchant();
+    let (status, p) = m.post("/v1/payments", &b.pay("10.00"));
+    assert_eq!(status, 201, "{p}");
+    let (status, v) = set_status(&b.s, "merchants", "SHOP1", "blocked");
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = m.post("/v1/payments", &b.pay("10.00"));
+    assert_eq!(status, 402, "{v}");
+    assert_eq!(v["error"]["decline_code"], "merchant_blocked", "{v}");
+    set_status(&b.s, "merchants", "SHOP1", "active");
+    let (status, p) = m.post("/v1/payments", &b.pay("10.00"));
+    assert_eq!(status, 201, "{p}");
+}
+
+/// Keys that change on one connection are each checked: a wrong key after a good one is
+/// refused, the admin key is the admin's, another merchant's key acts for that merchant.
+#[test]
+fn every_key_on_one_connection_is_checked() {
+    let b = Bank::funded();
+    let other_settle = account_on_shard(0, 2, 7000);
+    create_account(&b.s, other_settle, "EUR", "0.00");
+    let other = create_merchant(&b.s, "SHOP2", other_settle);
+    let mut c = b.merchant();
+    let (status, p) = c.post("/v1/payments", &b.pay("1.00"));
+    assert_eq!(status, 201, "{p}");
+    assert_eq!(p["merchant_id"], "SHOP1", "{p}");
+    // The same key with its last character changed.
+    let mut wrong = b.key.clone();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == '0' { '1' } else { '0' });
+    c.bearer = Some(wrong);
+    let (status, e) = c.post("/v1/payments", &b.pay("1.00"));
+    assert_eq!(status, 401, "{e}");
+    let admin_key = b.s.admin().bearer.clone().unwrap();
+    c.bearer = Some(admin_key);
+    let (status, v) = c.get("/v1/ledger");
+    assert_eq!(status, 200, "{v}");
+    let (status, e) = c.post("/v1/payments", &b.pay("1.00"));
+    assert_eq!(status, 403, "the admin key is not a merchant's: {e}");
+    c.bearer = Some(other);
+    let (status, p) = c.post("/v1/payments", &b.pay("1.00"));
+    assert_eq!(status, 201, "{p}");
+    assert_eq!(p["merchant_id"], "SHOP2", "{p}");
+    c.bearer = Some(b.key.clone());
+    let (status, p) = c.post("/v1/payments", &b.pay("1.00"));
+    assert_eq!(status, 201, "{p}");
+    assert_eq!(p["merchant_id"], "SHOP1", "{p}");
+}
+
 #[test]
 fn payment_in_another_currency_than_the_account_is_12() {
     let b = Bank::funded();

@@ -75,6 +75,35 @@ enum Caller {
     Merchant(MerchantFacts),
 }
 
+/// What one connection remembers between its requests: the last API key it presented and
+/// whom that key proved it to be. A key's owner never changes, so the key is hashed and
+/// checked once per connection and key instead of once per request; the merchant's facts
+/// (its status among them) are still read on every request. The key stays in this
+/// connection's memory only, as its requests' bytes do, and is never written anywhere.
+#[derive(Default)]
+pub struct Session {
+    proven: Option<(String, Proven)>,
+}
+
+#[derive(Clone)]
+enum Proven {
+    Admin,
+    Merchant(MerchantId),
+}
+
+impl Session {
+    fn recall(&self, key: &str) -> Option<Proven> {
+        let (known, who) = self.proven.as_ref()?;
+        let same = known.len() == key.len()
+            && known
+                .bytes()
+                .zip(key.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        same.then(|| who.clone())
+    }
+}
+
 /// The API of one shard.
 pub struct Api<D: SegmentDir, P: Peers> {
     pub gateway: Rc<Gateway<D, P>>,
@@ -89,15 +118,21 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         }
     }
 
-    /// Answers one request.
+    /// Answers one request of a connection without a session (each request authenticated
+    /// in full).
     pub async fn handle(&self, req: &Request) -> Response {
+        self.handle_in(req, &mut Session::default()).await
+    }
+
+    /// Answers one request of the connection whose `session` this is.
+    pub async fn handle_in(&self, req: &Request, session: &mut Session) -> Response {
         self.gateway.requests.set(self.gateway.requests.get() + 1);
-        match self.route(req).await {
+        match self.route(req, session).await {
             Ok(r) | Err(r) => r,
         }
     }
 
-    async fn route(&self, req: &Request) -> Result<Response> {
+    async fn route(&self, req: &Request, session: &mut Session) -> Result<Response> {
         let path = req.path.trim_end_matches('/');
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let (get, post) = (req.method == Method::Get, req.method == Method::Post);
@@ -113,21 +148,21 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
             Err(r)
         };
         match segments.as_slice() {
-            ["v1", "payments"] if post => self.create_payment(req).await,
-            ["v1", "payments", id] if get => self.get_payment(req, id).await,
-            ["v1", "payments", id, "capture"] if post => self.capture(req, id).await,
-            ["v1", "payments", id, "void"] if post => self.void(req, id).await,
-            ["v1", "payments", id, "refunds"] if post => self.refund(req, id).await,
-            ["v1", "accounts"] if post => self.create_account(req).await,
-            ["v1", "accounts", id] if get => self.get_account(req, id).await,
-            ["v1", "accounts", id, "status"] if post => self.set_account_status(req, id).await,
-            ["v1", "cards"] if post => self.create_card(req).await,
-            ["v1", "cards", id, "status"] if post => self.set_card_status(req, id).await,
-            ["v1", "merchants"] if post => self.create_merchant(req).await,
-            ["v1", "merchants", id, "status"] if post => self.set_merchant_status(req, id).await,
-            ["v1", "transfers"] if post => self.transfer(req).await,
-            ["v1", "ledger"] if get => self.ledger_totals(req).await,
-            ["v1", "provision"] if post => self.provision(req).await,
+            ["v1", "payments"] if post => self.create_payment(req, session).await,
+            ["v1", "payments", id] if get => self.get_payment(req, id, session).await,
+            ["v1", "payments", id, "capture"] if post => self.capture(req, id, session).await,
+            ["v1", "payments", id, "void"] if post => self.void(req, id, session).await,
+            ["v1", "payments", id, "refunds"] if post => self.refund(req, id, session).await,
+            ["v1", "accounts"] if post => self.create_account(req, session).await,
+            ["v1", "accounts", id] if get => self.get_account(req, id, session).await,
+            ["v1", "accounts", id, "status"] if post => self.set_account_status(req, id, session).await,
+            ["v1", "cards"] if post => self.create_card(req, session).await,
+            ["v1", "cards", id, "status"] if post => self.set_card_status(req, id, session).await,
+            ["v1", "merchants"] if post => self.create_merchant(req, session).await,
+            ["v1", "merchants", id, "status"] if post => self.set_merchant_status(req, id, session).await,
+            ["v1", "transfers"] if post => self.transfer(req, session).await,
+            ["v1", "ledger"] if get => self.ledger_totals(req, session).await,
+            ["v1", "provision"] if post => self.provision(req, session).await,
             ["v1", "payments"]
             | ["v1", "accounts"]
             | ["v1", "cards"]
@@ -172,9 +207,29 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(key)
     }
 
-    async fn caller(&self, req: &Request) -> Result<Caller> {
+    async fn caller(&self, req: &Request, session: &mut Session) -> Result<Caller> {
         let key = Self::bearer(req)?;
+        let unauthorized = || {
+            Response::error(
+                401,
+                "authentication_error",
+                "unauthorized",
+                "Missing or invalid API key.",
+                None,
+            )
+        };
+        match session.recall(key) {
+            Some(Proven::Admin) => return Ok(Caller::Admin),
+            Some(Proven::Merchant(id)) => {
+                return match self.gateway.merchant(id).await.map_err(service_error)? {
+                    Some(m) => Ok(Caller::Merchant(m)),
+                    None => Err(unauthorized()),
+                };
+            }
+            None => {}
+        }
         if secrets::hash_api_key(key) == self.admin_key_hash {
+            session.proven = Some((key.to_string(), Proven::Admin));
             return Ok(Caller::Admin);
         }
         match self
@@ -183,26 +238,23 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
             .await
             .map_err(service_error)?
         {
-            Some(m) => Ok(Caller::Merchant(m)),
-            None => Err(Response::error(
-                401,
-                "authentication_error",
-                "unauthorized",
-                "Missing or invalid API key.",
-                None,
-            )),
+            Some(m) => {
+                session.proven = Some((key.to_string(), Proven::Merchant(m.id.clone())));
+                Ok(Caller::Merchant(m))
+            }
+            None => Err(unauthorized()),
         }
     }
 
-    async fn admin(&self, req: &Request) -> Result<()> {
-        match self.caller(req).await? {
+    async fn admin(&self, req: &Request, session: &mut Session) -> Result<()> {
+        match self.caller(req, session).await? {
             Caller::Admin => Ok(()),
             Caller::Merchant(_) => Err(forbidden()),
         }
     }
 
-    async fn merchant(&self, req: &Request) -> Result<MerchantFacts> {
-        match self.caller(req).await? {
+    async fn merchant(&self, req: &Request, session: &mut Session) -> Result<MerchantFacts> {
+        match self.caller(req, session).await? {
             Caller::Merchant(m) => Ok(m),
             Caller::Admin => Err(forbidden()),
         }
@@ -241,8 +293,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
 
     // ---- merchant endpoints ----------------------------------------------------------------
 
-    async fn create_payment(&self, req: &Request) -> Result<Response> {
-        let merchant = self.merchant(req).await?;
+    async fn create_payment(&self, req: &Request, session: &mut Session) -> Result<Response> {
+        let merchant = self.merchant(req, session).await?;
         let idem = self.idem(req, &merchant)?;
         let body: json::CreatePayment = parse_body(req)?;
         let currency = currency(&body.currency)?;
@@ -284,8 +336,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(answer_response(answer, 201))
     }
 
-    async fn get_payment(&self, req: &Request, id: &str) -> Result<Response> {
-        let merchant = self.merchant(req).await?;
+    async fn get_payment(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+        let merchant = self.merchant(req, session).await?;
         let Some(id) = json::parse_payment_id(id) else {
             return Err(missing("payment"));
         };
@@ -324,8 +376,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         amount(&text, view.currency, "amount").map(Some)
     }
 
-    async fn capture(&self, req: &Request, id: &str) -> Result<Response> {
-        let merchant = self.merchant(req).await?;
+    async fn capture(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+        let merchant = self.merchant(req, session).await?;
         let idem = self.idem(req, &merchant)?;
         let id = json::parse_payment_id(id).ok_or_else(|| missing("payment"))?;
         let amount = self.optional_amount(req, &merchant, id).await?;
@@ -337,8 +389,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(answer_response(answer, 200))
     }
 
-    async fn void(&self, req: &Request, id: &str) -> Result<Response> {
-        let merchant = self.merchant(req).await?;
+    async fn void(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+        let merchant = self.merchant(req, session).await?;
         let idem = self.idem(req, &merchant)?;
         let id = json::parse_payment_id(id).ok_or_else(|| missing("payment"))?;
         if !req.body.is_empty() {
@@ -352,8 +404,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(answer_response(answer, 200))
     }
 
-    async fn refund(&self, req: &Request, id: &str) -> Result<Response> {
-        let merchant = self.merchant(req).await?;
+    async fn refund(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+        let merchant = self.merchant(req, session).await?;
         let idem = self.idem(req, &merchant)?;
         let id = json::parse_payment_id(id).ok_or_else(|| missing("payment"))?;
         let amount = self.optional_amount(req, &merchant, id).await?;
@@ -367,8 +419,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
 
     // ---- admin endpoints -------------------------------------------------------------------
 
-    async fn create_account(&self, req: &Request) -> Result<Response> {
-        self.admin(req).await?;
+    async fn create_account(&self, req: &Request, session: &mut Session) -> Result<Response> {
+        self.admin(req, session).await?;
         let body: json::CreateAccount = parse_body(req)?;
         let currency = currency(&body.currency)?;
         let initial = match &body.initial_balance {
@@ -407,8 +459,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(outcome_response(outcome, 201))
     }
 
-    async fn get_account(&self, req: &Request, id: &str) -> Result<Response> {
-        self.admin(req).await?;
+    async fn get_account(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+        self.admin(req, session).await?;
         let id = id.parse::<u64>().map_err(|_| missing("account"))?;
         match self
             .gateway
@@ -421,8 +473,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         }
     }
 
-    async fn set_account_status(&self, req: &Request, id: &str) -> Result<Response> {
-        self.admin(req).await?;
+    async fn set_account_status(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+        self.admin(req, session).await?;
         let id = id.parse::<u64>().map_err(|_| missing("account"))?;
         let status = status(req)?;
         let outcome = self
@@ -433,8 +485,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(outcome_response(outcome, 200))
     }
 
-    async fn create_card(&self, req: &Request) -> Result<Response> {
-        self.admin(req).await?;
+    async fn create_card(&self, req: &Request, session: &mut Session) -> Result<Response> {
+        self.admin(req, session).await?;
         let body: json::CreateCard = parse_body(req)?;
         if !secrets::luhn_valid(&body.number) {
             return Err(Response::invalid(
@@ -466,8 +518,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(outcome_response(outcome, 201))
     }
 
-    async fn set_card_status(&self, req: &Request, id: &str) -> Result<Response> {
-        self.admin(req).await?;
+    async fn set_card_status(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+        self.admin(req, session).await?;
         let id = json::parse_card_id(id).ok_or_else(|| missing("card"))?;
         let status = status(req)?;
         let outcome = self
@@ -478,8 +530,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(outcome_response(outcome, 200))
     }
 
-    async fn create_merchant(&self, req: &Request) -> Result<Response> {
-        self.admin(req).await?;
+    async fn create_merchant(&self, req: &Request, session: &mut Session) -> Result<Response> {
+        self.admin(req, session).await?;
         let body: json::CreateMerchant = parse_body(req)?;
         let id = MerchantId::parse(&body.id).ok_or_else(|| {
             Response::invalid(
@@ -523,8 +575,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         }
     }
 
-    async fn set_merchant_status(&self, req: &Request, id: &str) -> Result<Response> {
-        self.admin(req).await?;
+    async fn set_merchant_status(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+        self.admin(req, session).await?;
         let id = MerchantId::parse(id).ok_or_else(|| missing("merchant"))?;
         let status = status(req)?;
         let outcome = self
@@ -535,8 +587,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(outcome_response(outcome, 200))
     }
 
-    async fn transfer(&self, req: &Request) -> Result<Response> {
-        self.admin(req).await?;
+    async fn transfer(&self, req: &Request, session: &mut Session) -> Result<Response> {
+        self.admin(req, session).await?;
         let body: json::CreateTransfer = parse_body(req)?;
         if body.id.is_empty()
             || body.id.len() > 64
@@ -566,8 +618,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(answer_response(answer, 201))
     }
 
-    async fn ledger_totals(&self, req: &Request) -> Result<Response> {
-        self.admin(req).await?;
+    async fn ledger_totals(&self, req: &Request, session: &mut Session) -> Result<Response> {
+        self.admin(req, session).await?;
         let stats = self.gateway.all_stats().await.map_err(service_error)?;
         let mut currencies = std::collections::BTreeMap::<u16, [i64; 4]>::new();
         let shards: Vec<Value> = stats
@@ -601,8 +653,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         ))
     }
 
-    async fn provision(&self, req: &Request) -> Result<Response> {
-        self.admin(req).await?;
+    async fn provision(&self, req: &Request, session: &mut Session) -> Result<Response> {
+        self.admin(req, session).await?;
         let body: json::Provision = parse_body(req)?;
         let currency = currency(&body.currency)?;
         let balance =

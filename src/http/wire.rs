@@ -206,6 +206,33 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
         result
     }
 
+    /// The next request if it is already buffered in full (pipelined, or read with the one
+    /// before), without reading. After an Err other than Closed, as for `next`.
+    pub fn try_next(&mut self) -> Result<Option<Request>, WireError> {
+        if self.failed {
+            return Err(WireError::Closed);
+        }
+        let result = self.buffered_request();
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    /// Reads once (at least one byte) into the buffer: how a caller waits for a new request
+    /// under a deadline of its own, in one read instead of a peek and then a read.
+    /// Cancel-safe like `next`. `Closed` at a clean end of stream.
+    pub async fn read_more(&mut self) -> Result<(), WireError> {
+        if self.failed {
+            return Err(WireError::Closed);
+        }
+        let result = self.fill().await;
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
     /// The underlying stream, so the caller can write responses on it when `R` is the full
     /// stream. Reading from it directly would lose the buffered bytes' order.
     pub fn get_mut(&mut self) -> &mut R {
@@ -220,17 +247,24 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
 
     async fn next_request(&mut self) -> Result<Request, WireError> {
         loop {
-            if self.head.is_none() {
-                self.head = self.parse_head()?;
-            }
-            if let Some(head) = &self.head {
-                let total = head.head_len + head.body_len;
-                if self.end - self.start >= total {
-                    return Ok(self.take_request());
-                }
+            if let Some(request) = self.buffered_request()? {
+                return Ok(request);
             }
             self.fill().await?;
         }
+    }
+
+    fn buffered_request(&mut self) -> Result<Option<Request>, WireError> {
+        if self.head.is_none() {
+            self.head = self.parse_head()?;
+        }
+        if let Some(head) = &self.head {
+            let total = head.head_len + head.body_len;
+            if self.end - self.start >= total {
+                return Ok(Some(self.take_request()));
+            }
+        }
+        Ok(None)
     }
 
     /// Parses the head if it may be complete; `None` means more bytes are needed.
@@ -658,6 +692,32 @@ mod tests {
                 Err(e) => return (requests, e),
             }
         }
+    }
+
+    /// What the connection loop does: one read when idle, then every request that read
+    /// brought in full, without reading again; a partial one waits for `next`.
+    #[test]
+    fn try_next_takes_only_what_is_buffered() {
+        let two = "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HT";
+        let mut r = reader(Feed::cut(format!("{two}TP/1.1\r\n\r\n"), &[two.len()]));
+        assert!(matches!(r.try_next(), Ok(None)), "nothing read yet");
+        assert!(!r.has_buffered());
+        block_on(r.read_more()).unwrap();
+        assert_eq!(r.try_next().unwrap().unwrap().path, "/a");
+        assert_eq!(r.try_next().unwrap().unwrap().path, "/b");
+        assert!(matches!(r.try_next(), Ok(None)), "/c is incomplete");
+        assert!(r.has_buffered());
+        assert_eq!(block_on(r.next()).unwrap().path, "/c");
+        assert!(matches!(block_on(r.read_more()), Err(WireError::Closed)));
+    }
+
+    #[test]
+    fn try_next_fails_like_next_and_stays_failed() {
+        let mut r = reader(Feed::new("\x16\x03\x01 not http\r\n\r\n"));
+        block_on(r.read_more()).unwrap();
+        assert!(matches!(r.try_next(), Err(WireError::BadRequest(_))));
+        assert!(matches!(r.try_next(), Err(WireError::Closed)));
+        assert!(matches!(block_on(r.read_more()), Err(WireError::Closed)));
     }
 
     fn one_error(data: impl AsRef<[u8]>) -> WireError {

@@ -4,7 +4,7 @@
 use crate::admission::Priority;
 use crate::config;
 use crate::gateway::{Gateway, Peers};
-use crate::http::api::{Api, Response};
+use crate::http::api::{Api, Response, Session};
 use crate::http::wire::{self, Limits, Method, RequestReader, WireError};
 use crate::metrics;
 use crate::service::Phase;
@@ -143,16 +143,24 @@ async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
     let _ = stream.set_nodelay(true);
     let mut reader = RequestReader::new(stream, limits);
     let mut out = Vec::with_capacity(1024);
+    let mut session = Session::default();
     loop {
-        if !reader.has_buffered() {
-            // Idle: wait for the first byte of the next request.
-            let mut probe = [0u8; 1];
-            match within(idle_timeout, reader.get_mut().peek(&mut probe)).await {
-                Some(Ok(n)) if n > 0 => {}
+        // A request already buffered (pipelined) is taken without reading. Otherwise, when
+        // idle, one read waits for the next request (usually all of it arrives in that
+        // read); only a request that is still incomplete then runs against request_timeout.
+        let mut next = reader.try_next().transpose();
+        if next.is_none() && !reader.has_buffered() {
+            match within(idle_timeout, reader.read_more()).await {
+                Some(Ok(())) => next = reader.try_next().transpose(),
+                // Closed, failed, or idle too long: nothing was asked, nothing to answer.
                 _ => return,
             }
         }
-        let request = match within(request_timeout, reader.next()).await {
+        let next = match next {
+            Some(taken) => Some(taken),
+            None => within(request_timeout, reader.next()).await,
+        };
+        let request = match next {
             None => {
                 let r = Response::error(
                     408,
@@ -186,7 +194,7 @@ async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
         let response = match api.gateway.admit(http_priority(endpoint)) {
             Ok(place) => {
                 state.active.set(state.active.get() + 1);
-                let response = api.handle(&request).await;
+                let response = api.handle_in(&request, &mut session).await;
                 drop(place);
                 state.active.set(state.active.get() - 1);
                 Some(response)
