@@ -223,6 +223,15 @@ impl Shared {
         out
     }
 
+    /// The measured span, the achieved rate over it, and the generator's fallbacks.
+    fn close_measurement(&mut self, start: Instant, end: Instant) {
+        let s = &mut self.stats;
+        s.measured_s = end.saturating_duration_since(start).as_secs_f64();
+        let answers = s.ok + s.declined + s.shed + s.errors.values().sum::<u64>();
+        s.achieved_rate = answers as f64 / s.measured_s.max(1e-9);
+        s.cold_fallbacks = self.gen.cold_fallbacks();
+    }
+
     /// Closes the windows that ended by `now` (soaks only); call before counting anything
     /// that happened at `now`.
     fn roll(&mut self, now: Instant) {
@@ -534,13 +543,7 @@ async fn drive(s: Scenario, gen: Generator, opts: EngineOpts) -> Result<RunStats
     sh.stats.unanswered_all += sh.in_flight;
     let measured_start = at(warm);
     let measured_end = at(total).max(sh.last_measured_answer.unwrap_or(measured_start));
-    sh.stats.measured_s = measured_end
-        .saturating_duration_since(measured_start)
-        .as_secs_f64();
-    let measured_answers =
-        sh.stats.ok + sh.stats.declined + sh.stats.shed + sh.stats.errors.values().sum::<u64>();
-    sh.stats.achieved_rate = measured_answers as f64 / sh.stats.measured_s.max(1e-9);
-    sh.stats.cold_fallbacks = sh.gen.cold_fallbacks();
+    sh.close_measurement(measured_start, measured_end);
     if let Some(w) = sh.windows.take() {
         // What is still unsent or unanswered ends here: the last window's backlog.
         let totals = Totals {
@@ -631,13 +634,7 @@ async fn closed_loop(
     sh.stopped = true;
     sh.stats.unanswered_all += sh.in_flight;
     let measured_end = end.max(sh.last_measured_answer.unwrap_or(end));
-    sh.stats.measured_s = measured_end
-        .saturating_duration_since(measured_start)
-        .as_secs_f64();
-    let measured_answers =
-        sh.stats.ok + sh.stats.declined + sh.stats.shed + sh.stats.errors.values().sum::<u64>();
-    sh.stats.achieved_rate = measured_answers as f64 / sh.stats.measured_s.max(1e-9);
-    sh.stats.cold_fallbacks = sh.gen.cold_fallbacks();
+    sh.close_measurement(measured_start, measured_end);
     let stats = std::mem::replace(&mut sh.stats, RunStats::new());
     drop(sh);
     work.notify(usize::MAX);
@@ -736,7 +733,9 @@ async fn writer(
             let mut sh = shared.borrow_mut();
             let mut c = conn.borrow_mut();
             while c.count() < s.window {
-                let Some(mut p) = sh.queue.pop_front() else { break };
+                let Some(mut p) = sh.queue.pop_front() else {
+                    break;
+                };
                 if sh.closed_loop {
                     p.scheduled = Instant::now();
                     if sh.queue.len() < s.connections * s.window / 2 {

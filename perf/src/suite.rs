@@ -71,6 +71,7 @@ struct Opts {
     accounts: u64,
     pg: String,
     callgrind_requests: u64,
+    closed_s: f64,
     only: Option<String>,
 }
 
@@ -115,6 +116,22 @@ pub struct Row {
     pub half: Option<RunResult>,
 }
 
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClosedRow {
+    pub target: Kind,
+    pub protocol: Protocol,
+    pub run: RunResult,
+}
+
+/// In flight in the closed loop: HTTP as wrk runs it (64 connections, one request each);
+/// ISO 8583 as an acquirer's host link does (8 connections, 32 0100s pipelined on each).
+pub fn closed_shape(protocol: Protocol) -> (usize, usize) {
+    match protocol {
+        Protocol::Http => (64, 1),
+        Protocol::Iso8583 => (8, 32),
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Pgbench {
     pub settings: String,
@@ -146,6 +163,9 @@ pub struct SuiteResult {
     pub server_core: usize,
     pub load_core: usize,
     pub rows: Vec<Row>,
+    /// Closed loop: the most each target answers with a fixed number in flight.
+    #[serde(default)]
+    pub closed: Vec<ClosedRow>,
     pub pgbench: Option<Pgbench>,
     pub instructions: Vec<Instructions>,
     pub notes: Vec<String>,
@@ -190,6 +210,7 @@ impl Opts {
                 .unwrap_or("host=127.0.0.1 user=postgres dbname=test")
                 .to_string(),
             callgrind_requests: a.parsed("callgrind-requests")?.unwrap_or(2000),
+            closed_s: a.parsed("closed-duration")?.unwrap_or(10.0),
             only: a.get("only").map(str::to_string),
         })
     }
@@ -208,6 +229,7 @@ pub fn cmd_suite(a: &Args) -> Result<i32, String> {
         server_core: o.server_core,
         load_core: o.load_core,
         rows: Vec::new(),
+        closed: Vec::new(),
         pgbench: None,
         instructions: Vec::new(),
         notes: Vec::new(),
@@ -300,6 +322,42 @@ pub fn cmd_suite(a: &Args) -> Result<i32, String> {
             )?;
         }
     }
+    if wants("closed") {
+        // 3. Closed loop, each target on a fresh server.
+        for kind in Kind::ALL {
+            let server = Server::start(&o.launch(), kind, &work)?;
+            for protocol in [Protocol::Http, Protocol::Iso8583] {
+                let mut s = scenario(&o, &server, kind, protocol);
+                s.label = format!("{}-closed", s.label);
+                s.closed_loop = true;
+                (s.connections, s.window) = closed_shape(protocol);
+                s.duration_s = o.closed_s;
+                s.warmup_s = 2.0;
+                let mut p = prepare(&s, true)?;
+                eprintln!("suite: {} (closed loop)", s.label);
+                let corepay = kind != Kind::Responder && kind != Kind::DurableResponder;
+                let (r, hist) = measure(&s, &mut p, corepay)?;
+                print!("{}", r.summary());
+                let base = o.out.join(&s.label);
+                write(&base.with_extension("json"), &to_json(&r)?)?;
+                write(&base.with_extension("hgrm"), &crate::report::hgrm(&hist))?;
+                if let Some(c) = r.check.as_ref().filter(|c| !c.passed()) {
+                    result.notes.push(format!(
+                        "{}: closing check FAILED: {}",
+                        s.label,
+                        c.problems.join("; ")
+                    ));
+                }
+                result.closed.push(ClosedRow {
+                    target: kind,
+                    protocol,
+                    run: r,
+                });
+            }
+            server.stop()?;
+        }
+    }
+
     if wants("pgbench") {
         result.pgbench = Some(pgbench(&o)?);
     }
@@ -827,6 +885,12 @@ fn instructions(
 }
 
 /// The markdown table and the target ratios.
+/// Approved answers per second: in a closed loop a shed answer frees its slot at once, so
+/// answers of every kind would count the shedding, not the work.
+fn approved(r: &RunResult) -> f64 {
+    r.ok as f64 / r.measured_s.max(1e-9)
+}
+
 pub fn table(r: &SuiteResult) -> String {
     let mut o = String::new();
     let m = &r.machine;
@@ -903,6 +967,55 @@ pub fn table(r: &SuiteResult) -> String {
                 );
             }
             o.push('\n');
+        }
+        o.push('\n');
+    }
+    for protocol in [Protocol::Http, Protocol::Iso8583] {
+        let rows: Vec<&ClosedRow> = r.closed.iter().filter(|x| x.protocol == protocol).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let (conns, window) = closed_shape(protocol);
+        let _ = writeln!(
+            o,
+            "### {} authorize, closed loop ({conns} connections × {window} in flight)\n",
+            match protocol {
+                Protocol::Http => "HTTP `POST /v1/payments`",
+                Protocol::Iso8583 => "ISO 8583 0100, pipelined",
+            }
+        );
+        let _ = writeln!(
+            o,
+            "| target | approved /s | shed /s | admitted p50 ms | p99 ms | max ms | check |"
+        );
+        let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---|");
+        for row in &rows {
+            let l = &row.run.admitted_latency;
+            let check = match &row.run.check {
+                Some(c) if c.passed() => "passed",
+                Some(_) => "FAILED",
+                None => "-",
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {check} |",
+                row.target.name(),
+                approved(&row.run),
+                row.run.shed as f64 / row.run.measured_s.max(1e-9),
+                l.p50 / 1e3,
+                l.p99 / 1e3,
+                l.max / 1e3
+            );
+        }
+        let find = |k: Kind| rows.iter().find(|x| x.target == k);
+        if let (Some(c), Some(d)) = (find(Kind::Corepay), find(Kind::DurableResponder)) {
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+            let _ = writeln!(
+                o,
+                "\nRatios: corepay / durable ceiling approved {:.2} (target ≥ 0.90); admitted p99 {:.2} (target ≤ 2)",
+                ratio(approved(&c.run), approved(&d.run)),
+                ratio(c.run.admitted_latency.p99, d.run.admitted_latency.p99)
+            );
         }
         o.push('\n');
     }

@@ -69,6 +69,17 @@ impl Response {
 
 type Result<T> = std::result::Result<T, Response>;
 
+/// 401 for a missing, malformed or unknown API key (one answer for all three).
+fn unauthorized() -> Response {
+    Response::error(
+        401,
+        "authentication_error",
+        "unauthorized",
+        "Missing or invalid API key.",
+        None,
+    )
+}
+
 /// Who is calling.
 enum Caller {
     Admin,
@@ -155,11 +166,15 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
             ["v1", "payments", id, "refunds"] if post => self.refund(req, id, session).await,
             ["v1", "accounts"] if post => self.create_account(req, session).await,
             ["v1", "accounts", id] if get => self.get_account(req, id, session).await,
-            ["v1", "accounts", id, "status"] if post => self.set_account_status(req, id, session).await,
+            ["v1", "accounts", id, "status"] if post => {
+                self.set_account_status(req, id, session).await
+            }
             ["v1", "cards"] if post => self.create_card(req, session).await,
             ["v1", "cards", id, "status"] if post => self.set_card_status(req, id, session).await,
             ["v1", "merchants"] if post => self.create_merchant(req, session).await,
-            ["v1", "merchants", id, "status"] if post => self.set_merchant_status(req, id, session).await,
+            ["v1", "merchants", id, "status"] if post => {
+                self.set_merchant_status(req, id, session).await
+            }
             ["v1", "transfers"] if post => self.transfer(req, session).await,
             ["v1", "ledger"] if get => self.ledger_totals(req, session).await,
             ["v1", "provision"] if post => self.provision(req, session).await,
@@ -187,15 +202,6 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
     // ---- authentication ------------------------------------------------------------------
 
     fn bearer(req: &Request) -> Result<&str> {
-        let unauthorized = || {
-            Response::error(
-                401,
-                "authentication_error",
-                "unauthorized",
-                "Missing or invalid API key.",
-                None,
-            )
-        };
         let value = req.authorization.as_deref().ok_or_else(unauthorized)?;
         let key = value
             .strip_prefix("Bearer ")
@@ -209,15 +215,6 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
 
     async fn caller(&self, req: &Request, session: &mut Session) -> Result<Caller> {
         let key = Self::bearer(req)?;
-        let unauthorized = || {
-            Response::error(
-                401,
-                "authentication_error",
-                "unauthorized",
-                "Missing or invalid API key.",
-                None,
-            )
-        };
         match session.recall(key) {
             Some(Proven::Admin) => return Ok(Caller::Admin),
             Some(Proven::Merchant(id)) => {
@@ -336,7 +333,12 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(answer_response(answer, 201))
     }
 
-    async fn get_payment(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+    async fn get_payment(
+        &self,
+        req: &Request,
+        id: &str,
+        session: &mut Session,
+    ) -> Result<Response> {
         let merchant = self.merchant(req, session).await?;
         let Some(id) = json::parse_payment_id(id) else {
             return Err(missing("payment"));
@@ -459,7 +461,12 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(outcome_response(outcome, 201))
     }
 
-    async fn get_account(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+    async fn get_account(
+        &self,
+        req: &Request,
+        id: &str,
+        session: &mut Session,
+    ) -> Result<Response> {
         self.admin(req, session).await?;
         let id = id.parse::<u64>().map_err(|_| missing("account"))?;
         match self
@@ -473,7 +480,12 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         }
     }
 
-    async fn set_account_status(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+    async fn set_account_status(
+        &self,
+        req: &Request,
+        id: &str,
+        session: &mut Session,
+    ) -> Result<Response> {
         self.admin(req, session).await?;
         let id = id.parse::<u64>().map_err(|_| missing("account"))?;
         let status = status(req)?;
@@ -518,7 +530,12 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         Ok(outcome_response(outcome, 201))
     }
 
-    async fn set_card_status(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+    async fn set_card_status(
+        &self,
+        req: &Request,
+        id: &str,
+        session: &mut Session,
+    ) -> Result<Response> {
         self.admin(req, session).await?;
         let id = json::parse_card_id(id).ok_or_else(|| missing("card"))?;
         let status = status(req)?;
@@ -575,7 +592,12 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
         }
     }
 
-    async fn set_merchant_status(&self, req: &Request, id: &str, session: &mut Session) -> Result<Response> {
+    async fn set_merchant_status(
+        &self,
+        req: &Request,
+        id: &str,
+        session: &mut Session,
+    ) -> Result<Response> {
         self.admin(req, session).await?;
         let id = MerchantId::parse(id).ok_or_else(|| missing("merchant"))?;
         let status = status(req)?;
