@@ -48,6 +48,10 @@ impl std::error::Error for StartError {}
 const TICK: Duration = Duration::from_millis(20);
 /// How long start-up waits for in-flight credits to be delivered.
 const STARTUP_DRAIN: Duration = Duration::from_secs(30);
+/// How long a shard waits at a start-up barrier for the others (joining the mesh, finishing
+/// the drain of credits) before it gives up: a shard that failed to start must stop the
+/// start, not leave the others waiting for it for ever.
+const START_BARRIER: Duration = Duration::from_secs(45);
 /// How long start-up waits for a listening port that is still taken.
 const PORT_WAIT: Duration = Duration::from_secs(5);
 /// Exit code when the WAL is poisoned (a failed write or fdatasync).
@@ -304,6 +308,8 @@ fn sync_thread_placement(config: &Config) -> glommio::PoolPlacement {
 struct Shared {
     shutdown: Arc<AtomicBool>,
     drained: AtomicUsize,
+    /// A shard failed: the others stop waiting for it at the start-up barriers.
+    failed: AtomicBool,
     /// Phase, readiness and each shard's heartbeat (`/readyz`, `/healthz`, systemd).
     life: Arc<Lifecycle>,
     /// Shards whose own requests and credits are done at shutdown.
@@ -504,6 +510,7 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
     let shared = Arc::new(Shared {
         shutdown,
         drained: AtomicUsize::new(0),
+        failed: AtomicBool::new(false),
         life: life.clone(),
         stopped: AtomicUsize::new(0),
     });
@@ -556,7 +563,16 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
             .name(&format!("corepay-shard-{k}"))
             .spin_before_park(Duration::from_micros(config.server.spin_before_park_us))
             .blocking_thread_pool_placement(sync_placement.clone())
-            .spawn(move || run_shard(ctx))
+            .spawn(move || async move {
+                let shared = ctx.shared.clone();
+                let result = run_shard(ctx).await;
+                if let Err(e) = &result {
+                    // Logged at once: the main thread may still be joining another shard.
+                    error!("shard.failed": "shard {k}: {e}");
+                    shared.failed.store(true, Ordering::SeqCst);
+                }
+                result
+            })
             .map_err(|e| StartError(format!("cannot start shard {k}: {e}")))?;
         handles.push(handle);
     }
@@ -592,6 +608,32 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
             Ok(())
         }
     }
+}
+
+/// Waits for `step`, which needs every shard, unless a shard has failed or START_BARRIER
+/// passes first: then start-up fails with a reason instead of hanging.
+async fn barrier<T>(
+    failed: &AtomicBool,
+    what: &str,
+    limit: Duration,
+    step: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + limit;
+    futures_lite::future::or(async { Ok(step.await) }, async {
+        loop {
+            if failed.load(Ordering::SeqCst) {
+                return Err(format!("stopped {what}: another shard failed to start"));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{what}: the other shards did not get there within {} s",
+                    limit.as_secs()
+                ));
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
 }
 
 /// Runs the reconciliation with PostgreSQL (blocking: never on an executor thread).
@@ -637,10 +679,14 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         sinks,
     } = ctx;
     crate::logline::set_shard(shard);
-    let (senders, receivers) = mesh
-        .join()
-        .await
-        .map_err(|_| "cannot join the mesh".to_string())?;
+    let (senders, receivers) = barrier(
+        &shared.failed,
+        "joining the mesh",
+        START_BARRIER,
+        mesh.join(),
+    )
+    .await?
+    .map_err(|_| "cannot join the mesh".to_string())?;
     assert_eq!(
         senders.peer_id(),
         shard as usize,
@@ -714,9 +760,12 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         glommio::timer::sleep(Duration::from_millis(2)).await;
     }
     shared.drained.fetch_add(1, Ordering::SeqCst);
-    while shared.drained.load(Ordering::SeqCst) < shards as usize {
-        glommio::timer::sleep(Duration::from_millis(1)).await;
-    }
+    barrier(&shared.failed, "draining credits", START_BARRIER, async {
+        while shared.drained.load(Ordering::SeqCst) < shards as usize {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await?;
 
     let api = std::rc::Rc::new(Api::new(gateway.clone(), &admin_key));
     let http = net::HttpServer::bind(&config.http, api)
@@ -812,4 +861,74 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     drop(operator);
     info!("shard.stopped": "shard {shard}: stopped at lsn {}", wal.durable_lsn().0);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glommio::LocalExecutorBuilder;
+
+    fn on_executor<T, F>(make: impl FnOnce() -> F + Send + 'static) -> T
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T> + 'static,
+    {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(make)
+            .expect("an executor")
+            .join()
+            .expect("it ran")
+    }
+
+    #[test]
+    fn a_start_barrier_passes_when_its_step_completes() {
+        let r = on_executor(|| {
+            Box::pin(async {
+                let failed = AtomicBool::new(false);
+                barrier(&failed, "step", Duration::from_secs(5), async { 7 }).await
+            })
+        });
+        assert_eq!(r, Ok(7));
+    }
+
+    /// A shard that failed to start ends the others' wait at once; a shard that never
+    /// arrives ends it at the limit. Either way start-up fails with a reason, never hangs.
+    #[test]
+    fn a_start_barrier_gives_up_on_a_failed_or_missing_shard() {
+        let (failed_fast, took) = on_executor(|| {
+            Box::pin(async {
+                let failed = AtomicBool::new(true);
+                let started = std::time::Instant::now();
+                let r = barrier(
+                    &failed,
+                    "joining the mesh",
+                    Duration::from_secs(60),
+                    futures_lite::future::pending::<()>(),
+                )
+                .await;
+                (r, started.elapsed())
+            })
+        });
+        assert_eq!(
+            failed_fast,
+            Err("stopped joining the mesh: another shard failed to start".to_string())
+        );
+        assert!(took < Duration::from_secs(30), "waited {took:?}");
+        let timed_out = on_executor(|| {
+            Box::pin(async {
+                let failed = AtomicBool::new(false);
+                barrier(
+                    &failed,
+                    "draining credits",
+                    Duration::from_millis(50),
+                    futures_lite::future::pending::<()>(),
+                )
+                .await
+            })
+        });
+        assert_eq!(
+            timed_out,
+            Err("draining credits: the other shards did not get there within 0 s".to_string())
+        );
+    }
 }
