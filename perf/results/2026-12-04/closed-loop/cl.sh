@@ -2,10 +2,10 @@
 # usage: cl.sh TARGET(corepay|responder) PROTO(http|iso8583) OUT [conns] [window] — saturating load (closed loop in effect)
 t=$1; proto=$2; out=$3; conns=${4:-64}; win=${5:-1}
 cd /work/main
-pkill -f "serve --config /tmp/prof/gw.toml"; pkill -f "corepay-perf responder"; sleep 0.5
+pkill -f "serve --config ${CFG:-/tmp/prof/gw.toml}"; pkill -f "corepay-perf responder"; sleep 0.5
 rm -rf /tmp/prof/data /tmp/prof/rdata; mkdir -p $out /tmp/prof/rdata
 if [ $t = corepay ]; then
-  ${BIN:-./target/release/corepay} serve --config /tmp/prof/gw.toml > $out/gw-$t-$proto.log 2>&1 &
+  ${BIN:-./target/release/corepay} serve --config ${CFG:-/tmp/prof/gw.toml} > $out/gw-$t-$proto.log 2>&1 &
   gw=$!
   for i in $(seq 1 100); do curl -sf 127.0.0.1:28464/readyz >/dev/null && break; sleep 0.1; done
   extra="--admin-addr 127.0.0.1:28080 --metrics-addr 127.0.0.1:28464"
