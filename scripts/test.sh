@@ -51,3 +51,17 @@ cargo test --workspace --lib --bins --tests -- --test-threads=2
 echo "== benchmarks, one iteration each (test mode)"
 cargo test --benches --quiet
 
+echo "== instructions per authorization (callgrind, in process) against perf/instructions-baseline.json"
+if ! command -v valgrind >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "   valgrind is missing: installing the Debian package valgrind"
+    apt-get install -y -q valgrind >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q valgrind >/dev/null; } \
+      || { echo "scripts/test.sh: could not install valgrind; the instruction-count guard cannot run" >&2; exit 1; }
+  else
+    echo "scripts/test.sh: valgrind is not installed and apt-get is not available; install valgrind" >&2
+    exit 1
+  fi
+fi
+cargo build --release --quiet -p corepay-perf
+target/release/corepay-perf instructions
+

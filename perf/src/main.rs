@@ -20,6 +20,7 @@ mod admin;
 mod check;
 mod cli;
 mod engine;
+mod inproc;
 mod overload;
 mod plot;
 mod report;
@@ -40,7 +41,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
         eprintln!(
-            "usage: corepay-perf run|sweep|soak|overload|compare|plot|responder|suite|instructions ... (see perf/README.md)"
+            "usage: corepay-perf run|sweep|soak|overload|compare|plot|responder|suite|instructions|drive ... (see perf/README.md)"
         );
         std::process::exit(2);
     };
@@ -54,6 +55,7 @@ fn main() {
         "responder" => cmd_responder(&a),
         "suite" => suite::cmd_suite(&a),
         "instructions" => suite::cmd_instructions(&a),
+        "drive" => inproc::cmd_drive(&a),
         _ => Err(format!("unknown command {command:?}")),
     });
     match result {
