@@ -16,6 +16,11 @@
 //!                       corepay's instructions per authorization against a committed baseline
 //! ```
 
+/// The gateway's allocator: `drive` (the instruction-count guard) runs corepay's request path
+/// in this process, and must allocate as the gateway does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin;
 mod check;
 mod cli;
