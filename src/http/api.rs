@@ -34,7 +34,10 @@ pub struct Response {
 
 impl Response {
     fn json(status: u16, value: &impl serde::Serialize) -> Response {
-        let body = serde_json::to_vec(value).expect("JSON values serialise");
+        // Room for a payment's answer at once (serde_json::to_vec starts at 128 and doubles):
+        // 525 fewer instructions per HTTP authorization (`corepay-perf instructions`).
+        let mut body = Vec::with_capacity(JSON_BODY_CAPACITY);
+        serde_json::to_writer(&mut body, value).expect("JSON values serialise");
         Response {
             status,
             body,
@@ -68,6 +71,10 @@ impl Response {
 }
 
 type Result<T> = std::result::Result<T, Response>;
+
+/// What an answer's body is allocated with: a payment or a decline (a few hundred bytes)
+/// fits without growing.
+const JSON_BODY_CAPACITY: usize = 768;
 
 /// 401 for a missing, malformed or unknown API key (one answer for all three).
 fn unauthorized() -> Response {
