@@ -11,36 +11,16 @@
 
 use corepay::domain::{AccountId, Currency, Millis, ShardId};
 use corepay::gateway::idem_index::IdemIndex;
-use corepay::gateway::msg::{Reply, Request};
 use corepay::gateway::service::NewPayment;
-use corepay::gateway::{Gateway, GatewayConfig, Peers};
+use corepay::gateway::{Gateway, GatewayConfig};
 use corepay::ledger::{Ledger, MerchantFacts, MerchantId, Outcome, PaymentView, Status};
+use corepay::shard::mesh::Alone;
 use corepay::shard::server::decode_command;
 use corepay::wal::sim::SimDisk;
 use corepay::wal::{recover, SyncMode, WalConfig, WalWriter};
 use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-
-/// One shard alone: no peers to call.
-struct Alone;
-
-impl Peers for Alone {
-    async fn call(&self, _to: ShardId, _req: Request) -> Reply {
-        unreachable!("a single shard never calls out")
-    }
-    fn post(&self, _to: ShardId, _req: Request) {
-        unreachable!("a single shard never posts")
-    }
-    fn spawn(&self, fut: Pin<Box<dyn Future<Output = ()>>>) {
-        glommio::spawn_local(fut).detach();
-    }
-    async fn sleep(&self, d: std::time::Duration) {
-        glommio::timer::sleep(d).await;
-    }
-}
 
 fn clock() -> Millis {
     Millis(1_800_000_000_000) // 2027-01-15, before the cards' 12/2030 expiry

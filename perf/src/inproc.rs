@@ -17,6 +17,7 @@ use corepay::iso8583::codec::{decode, encode, BitmapEncoding, Message};
 use corepay::iso8583::flows::IsoApi;
 use corepay::ledger::{Ledger, MerchantId, Outcome};
 use corepay::shard::iso_net::FrameHandler;
+use corepay::shard::mesh::Alone;
 use corepay::wal::sim::SimDisk;
 use corepay::wal::{recover, SyncMode, WalConfig, WalWriter};
 use std::future::Future;
@@ -32,24 +33,6 @@ const MAX_REQUESTS: u64 = 65_536;
 /// Requests built in every run, however many are driven (at least this many): building
 /// them is then the same work in every run, and `instructions`' difference leaves it out.
 const BUILT: u64 = 1200;
-
-/// One shard alone: no peers.
-struct Alone;
-
-impl Peers for Alone {
-    async fn call(&self, _to: ShardId, _req: Request) -> Reply {
-        unreachable!("a single shard never calls out")
-    }
-    fn post(&self, _to: ShardId, _req: Request) {
-        unreachable!("a single shard never posts")
-    }
-    fn spawn(&self, fut: Pin<Box<dyn Future<Output = ()>>>) {
-        glommio::spawn_local(fut).detach();
-    }
-    async fn sleep(&self, d: std::time::Duration) {
-        glommio::timer::sleep(d).await;
-    }
-}
 
 /// A fixed clock: the same run, the same instructions (2027-01-15, before 12/2030).
 fn clock() -> Millis {

@@ -148,3 +148,22 @@ pub fn start_receivers<D: SegmentDir + 'static>(
         .detach();
     }
 }
+
+/// `Peers` of a gateway that is its only shard (in-process drivers and tests): it never calls
+/// or posts to another shard; it spawns and sleeps on the current glommio executor.
+pub struct Alone;
+
+impl Peers for Alone {
+    async fn call(&self, _to: ShardId, _req: Request) -> Reply {
+        unreachable!("a single shard never calls out")
+    }
+    fn post(&self, _to: ShardId, _req: Request) {
+        unreachable!("a single shard never posts")
+    }
+    fn spawn(&self, fut: Pin<Box<dyn Future<Output = ()>>>) {
+        glommio::spawn_local(fut).detach();
+    }
+    async fn sleep(&self, d: std::time::Duration) {
+        glommio::timer::sleep(d).await;
+    }
+}
