@@ -9,7 +9,6 @@
 use crate::cli::Args;
 use corepay::domain::{AccountId, Currency, Millis, ShardId};
 use corepay::gateway::idem_index::IdemIndex;
-use corepay::gateway::msg::{Reply, Request};
 use corepay::gateway::{Gateway, GatewayConfig, Peers};
 use corepay::http::api::{Api, Session};
 use corepay::http::wire::{self, Limits, RequestReader};
@@ -20,8 +19,6 @@ use corepay::shard::iso_net::FrameHandler;
 use corepay::shard::mesh::Alone;
 use corepay::wal::sim::SimDisk;
 use corepay::wal::{recover, SyncMode, WalConfig, WalWriter};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 
 /// Card accounts the authorizations go to, in turn.
