@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -130,10 +129,7 @@ pub fn cmd_soak(a: &Args) -> Result<i32, String> {
         };
         Some((
             Launch {
-                corepay: a
-                    .get("corepay")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| me.with_file_name("corepay")),
+                corepay: crate::suite::corepay_binary(a, &me),
                 me,
                 server_core: a.parsed("server-core")?.unwrap_or(1),
                 port_base: a.parsed("port-base")?.unwrap_or(29_000),

@@ -190,10 +190,7 @@ impl Opts {
         let me = std::env::current_exe().map_err(|e| e.to_string())?;
         Ok(Opts {
             out: PathBuf::from(a.get("out").unwrap_or("perf/results/suite")),
-            corepay: a
-                .get("corepay")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| me.with_file_name("corepay")),
+            corepay: corepay_binary(a, &me),
             me,
             server_core: a.parsed("server-core")?.unwrap_or(1),
             load_core: a.parsed("load-core")?.unwrap_or(0),
@@ -214,6 +211,13 @@ impl Opts {
             only: a.get("only").map(str::to_string),
         })
     }
+}
+
+/// `--corepay PATH`, else the `corepay` beside this binary (both built by `cargo build`).
+pub fn corepay_binary(a: &Args, me: &Path) -> PathBuf {
+    a.get("corepay")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| me.with_file_name("corepay"))
 }
 
 pub fn cmd_suite(a: &Args) -> Result<i32, String> {
