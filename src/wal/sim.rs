@@ -32,6 +32,10 @@ struct SimState {
     epoch: u64,
     fail_next_sync: bool,
     fail_next_write: bool,
+    /// Set by `power_cut` until `power_on`: nothing the dead process still does lands.
+    off: bool,
+    /// Extra scheduler turns each sync takes (a slow disk, in a deterministic unit).
+    sync_turns: u32,
     writes: u64,
     syncs: u64,
 }
@@ -56,6 +60,12 @@ pub struct SimSegment {
 impl SimDisk {
     pub fn new() -> SimDisk {
         SimDisk::default()
+    }
+
+    /// Every later sync takes `turns` more turns of the executor before it completes: the
+    /// tasks ready meanwhile run first, as they would while a real disk flushes.
+    pub fn set_sync_turns(&self, turns: u32) {
+        self.inner.borrow_mut().sync_turns = turns;
     }
 
     /// The next `SegmentFile::sync` fails (once).
@@ -98,6 +108,18 @@ impl SimDisk {
             file.current = file.synced.clone();
         }
         state.reset_after_crash();
+    }
+
+    /// `crash`, and the machine stays off: everything the process that was running still
+    /// tries (its tasks may run on in a test's executor) fails, until `power_on`.
+    pub fn power_cut(&self, rng_seed: u64) {
+        self.crash(rng_seed);
+        self.inner.borrow_mut().off = true;
+    }
+
+    /// After `power_cut`: the disk serves a new process.
+    pub fn power_on(&self) {
+        self.inner.borrow_mut().off = false;
     }
 
     /// Power loss in which nothing unsynced survives.
@@ -170,6 +192,13 @@ impl SimDisk {
 }
 
 impl SimState {
+    fn powered(&self) -> io::Result<()> {
+        if self.off {
+            return Err(io::Error::other("sim: the power is off"));
+        }
+        Ok(())
+    }
+
     fn reset_after_crash(&mut self) {
         self.epoch += 1;
         self.fail_next_sync = false;
@@ -181,6 +210,7 @@ impl SimState {
     }
 
     fn file(&mut self, name: &str, epoch: u64) -> io::Result<&mut SimFile> {
+        self.powered()?;
         if epoch != self.epoch {
             return Err(io::Error::other("sim: file handle from before a crash"));
         }
@@ -227,6 +257,10 @@ impl SegmentFile for SimSegment {
 
     async fn sync(&self) -> io::Result<()> {
         futures_lite::future::yield_now().await;
+        let turns = self.disk.inner.borrow().sync_turns;
+        for _ in 0..turns {
+            futures_lite::future::yield_now().await;
+        }
         let mut state = self.disk.inner.borrow_mut();
         if std::mem::take(&mut state.fail_next_sync) {
             // Like Linux after a failed fsync: the dirty data may or may not reach the disk.
@@ -254,6 +288,7 @@ impl SegmentDir for SimDisk {
         futures_lite::future::yield_now().await;
         assert!(len % BLOCK as u64 == 0 && len > 0);
         let mut state = self.inner.borrow_mut();
+        state.powered()?;
         if state.files.contains_key(name) {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }
