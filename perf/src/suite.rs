@@ -401,7 +401,9 @@ pub struct InstructionBaseline {
 /// `corepay-perf instructions`: corepay's user-space instructions per authorization under
 /// callgrind, HTTP and ISO 8583, against a committed baseline; exit 1 when either grew by
 /// more than `--max-regression` (0.10). With `--write-baseline REASON` it writes the figures
-/// as the new baseline instead (commit that on its own, saying why).
+/// as the new baseline instead (commit that on its own, saying why). It also checks that two
+/// shards with 30% cross-shard authorizations cost at most 1.25× one shard's instructions
+/// per authorization (issue 10; a ratio in one run, so it needs no baseline).
 ///
 /// Measured in process (`corepay-perf drive`, `inproc.rs`): the request path without socket,
 /// kernel or other threads, which callgrind counts the same way every run. The gateway
@@ -419,9 +421,23 @@ pub fn cmd_instructions(a: &Args) -> Result<i32, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut measured = std::collections::BTreeMap::new();
     for protocol in ["http", "iso8583"] {
-        let per = in_process_instructions(&me, protocol, &out)?;
+        let per = in_process_instructions(&me, protocol, &[], &out)?;
         println!("instructions {protocol}: {per:.0} per authorization (in process)");
         measured.insert(protocol.to_string(), per);
+    }
+    // The ring hop is paid only where it must be: two shards with 30% cross-shard
+    // authorizations against one shard, both with 8 connections at once (group commit alike).
+    let mut hops_ok = true;
+    for protocol in ["http", "iso8583"] {
+        let one = in_process_instructions(&me, protocol, &ONE_SHARD, &out)?;
+        let two = in_process_instructions(&me, protocol, &TWO_SHARDS, &out)?;
+        let ratio = two / one;
+        let ok = ratio <= CROSS_SHARD_MAX;
+        hops_ok &= ok;
+        println!(
+            "instructions {protocol}, two shards with {CROSS_PCT}% cross-shard: {two:.0} per authorization against {one:.0} on one shard, ratio {ratio:.3} (at most {CROSS_SHARD_MAX}): {}",
+            if ok { "within bounds" } else { "ABOVE THE BOUND" }
+        );
     }
     if let Some(reason) = write_reason {
         let b = InstructionBaseline {
@@ -440,7 +456,7 @@ pub fn cmd_instructions(a: &Args) -> Result<i32, String> {
     let base: InstructionBaseline = serde_json::from_str(&text)
         .map_err(|e| format!("--baseline {}: {e}", baseline_path.display()))?;
     let verdicts = judge_instructions(&base, &measured, max_regression);
-    let mut failed = false;
+    let mut failed = !hops_ok;
     for v in &verdicts {
         println!("{}", v.0);
         failed |= !v.1;
@@ -448,16 +464,37 @@ pub fn cmd_instructions(a: &Args) -> Result<i32, String> {
     Ok(if failed { 1 } else { 0 })
 }
 
+/// Two shards' instructions per authorization over one shard's, at most (issue 10).
+const CROSS_SHARD_MAX: f64 = 1.25;
+const CROSS_PCT: &str = "30";
+const ONE_SHARD: [&str; 2] = ["--connections", "8"];
+const TWO_SHARDS: [&str; 6] = [
+    "--connections",
+    "8",
+    "--shards",
+    "2",
+    "--cross-pct",
+    CROSS_PCT,
+];
+
 /// Request counts of the two in-process runs: their difference is what is counted.
 const DRIVE_FEW: u64 = 200;
 const DRIVE_MANY: u64 = 1200;
 
 /// Instructions per authorization: callgrind's total for `DRIVE_MANY` requests less its
 /// total for `DRIVE_FEW`, over the difference (start-up and provisioning cancel out).
-fn in_process_instructions(me: &Path, protocol: &str, out: &Path) -> Result<f64, String> {
+fn in_process_instructions(
+    me: &Path,
+    protocol: &str,
+    more: &[&str],
+    out: &Path,
+) -> Result<f64, String> {
     let mut totals = Vec::new();
     for n in [DRIVE_FEW, DRIVE_MANY] {
-        let file = out.join(format!("callgrind-{protocol}-{n}.out"));
+        let file = out.join(format!(
+            "callgrind-{protocol}{}-{n}.out",
+            more.concat().replace("--", "-")
+        ));
         let output = Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}", file.display()))
@@ -469,12 +506,14 @@ fn in_process_instructions(me: &Path, protocol: &str, out: &Path) -> Result<f64,
                 "--requests",
                 &n.to_string(),
             ])
+            .args(more)
             .output()
             .map_err(|e| format!("valgrind (is it installed?): {e}"))?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() {
             return Err(format!(
-                "callgrind of `drive --protocol {protocol} --requests {n}` failed: {}\n{stderr}",
+                "callgrind of `drive --protocol {protocol} --requests {n} {}` failed: {}\n{stderr}",
+                more.join(" "),
                 output.status
             ));
         }
