@@ -364,3 +364,68 @@ fn a_damaged_store_is_refused_naming_it_when_the_wal_was_recycled() {
         "one line naming the store: {stderr}"
     );
 }
+
+/// A store that falls behind: once the payment window holds only changes the store has not
+/// applied, new authorizations are refused as they are read (503 `overloaded` with
+/// Retry-After, counted as `window_full`), not after waiting their turn; nothing approved is
+/// lost, and authorizations are approved again once the store has caught up.
+#[test]
+fn a_store_behind_sheds_new_payments_at_once_and_serving_resumes() {
+    // 64 payments in memory, and the store applies what is durable only every 3 s.
+    let s = Server::start_with(
+        1,
+        "[state]\nwindow_payments = 64\ncommit_interval_ms = 3000\ncheckpoint_interval_ms = 6000\n",
+    );
+    create_account(&s, 1001, "EUR", "100000.00");
+    create_account(&s, 2001, "EUR", "0.00");
+    let number = card_number("424242424242424");
+    create_card(&s, &number, 1001);
+    let key = create_merchant(&s, "SHOP1", 2001);
+    let mut m = Client::with_key(s.http, &key);
+    let body = |i: usize| payment_json("1.00", "EUR", &number, (12, 2030), false, &format!("r{i}"));
+
+    let mut approved = Vec::new();
+    let mut shed = 0;
+    for i in 0..200 {
+        let r = m.request("POST", "/v1/payments", Some(&body(i)), &[]);
+        match r.status {
+            201 => approved.push(r.body["id"].as_str().unwrap().to_string()),
+            503 => {
+                // One client, one request at a time: nothing can take the room between
+                // admission and execution, so every refusal is admission's.
+                assert_eq!(r.body["error"]["code"], "overloaded", "{}", r.body);
+                assert_eq!(r.header("retry-after"), Some("1"));
+                shed += 1;
+            }
+            other => panic!("{other}: {}", r.body),
+        }
+    }
+    assert!(shed > 0, "a full window refuses new payments");
+    assert!(approved.len() <= 64, "{} approved", approved.len());
+    assert!(metric(&s, "shed_total") >= shed, "shed answers are counted");
+    let window_full: u64 = raw_get(s.operator, "/metrics")
+        .unwrap()
+        .2
+        .lines()
+        .filter(|l| l.starts_with("corepay_shed_total{") && l.contains("window_full"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(window_full, shed, "each refusal is counted as window_full");
+
+    // The store catches up: new payments are approved again, and every approved one is there.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = m.request("POST", "/v1/payments", Some(&body(1000)), &[]);
+        if r.status == 201 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(Instant::now() < deadline, "serving did not resume");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for id in &approved {
+        let (status, p) = get(&mut m, &format!("/v1/payments/{id}"));
+        assert_eq!(status, 200, "{p}");
+        assert_eq!(p["status"], "authorized");
+    }
+}
