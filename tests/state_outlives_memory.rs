@@ -365,10 +365,10 @@ fn a_damaged_store_is_refused_naming_it_when_the_wal_was_recycled() {
     );
 }
 
-/// A store that falls behind: once the payment window holds only changes the store has not
-/// applied, new authorizations are refused as they are read (503 `overloaded` with
-/// Retry-After, counted as `window_full`), not after waiting their turn; nothing approved is
-/// lost, and authorizations are approved again once the store has caught up.
+/// A store that falls behind: once the payment window has no slot the store has applied for
+/// the next payment, new authorizations are refused before anything is logged (503 with
+/// Retry-After, counted as `window_full`); nothing approved is lost, and authorizations are
+/// approved again once the store has caught up.
 #[test]
 fn a_store_behind_sheds_new_payments_at_once_and_serving_resumes() {
     // 64 payments in memory, and the store applies what is durable only every 3 s.
@@ -391,9 +391,7 @@ fn a_store_behind_sheds_new_payments_at_once_and_serving_resumes() {
         match r.status {
             201 => approved.push(r.body["id"].as_str().unwrap().to_string()),
             503 => {
-                // One client, one request at a time: nothing can take the room between
-                // admission and execution, so every refusal is admission's.
-                assert_eq!(r.body["error"]["code"], "overloaded", "{}", r.body);
+                assert_eq!(r.body["error"]["code"], "system_unavailable", "{}", r.body);
                 assert_eq!(r.header("retry-after"), Some("1"));
                 shed += 1;
             }

@@ -302,27 +302,6 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         })
     }
 
-    /// Admission for a request that creates a payment (POST /v1/payments, 0100, 0200): as
-    /// `admit`, and the payment window must have room for this shard's next payment now.
-    /// When the store is behind and the window is full of changes it has not applied, the
-    /// request is answered at once, not after it waited its turn only to be shed by
-    /// `execute`. (A payment whose card's account lives on another shard is created there,
-    /// whose window `execute` checks when the authorization arrives; a store behind here is
-    /// taken as a sign that this shard is the one to relieve.)
-    pub fn admit_payment(&self) -> Result<Admitted, ShedReason> {
-        if let Some(store) = &self.store {
-            let mut ledger = self.ledger.borrow_mut();
-            ledger.set_stored(store.applied());
-            if !ledger.has_room_for_new_payment() {
-                drop(ledger);
-                self.shed(ShedReason::WindowFull);
-                self.store_shed.set(self.store_shed.get() + 1);
-                return Err(ShedReason::WindowFull);
-            }
-        }
-        self.admit(Priority::New)
-    }
-
     /// A sample of the shard's queue delay: how late a timer task ran.
     pub fn observe_queue_delay(&self, delay_micros: u64) {
         let now = micros_since(self.started);

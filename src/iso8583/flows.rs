@@ -46,14 +46,14 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> IsoApi<D, P> {
     /// admitted work (an acquirer must get its reversals through); network management, and
     /// frames that are not requests, are not subject.
     pub fn admit(&self, frame: &[u8]) -> Result<Option<Admitted>, Option<Vec<u8>>> {
-        let admitted = match frame.get(..4) {
-            Some(b"0100" | b"0101" | b"0200" | b"0201") => self.gateway.admit_payment(),
+        let priority = match frame.get(..4) {
+            Some(b"0100" | b"0101" | b"0200" | b"0201") => Priority::New,
             Some([b'0', b'2', b'2', b'0' | b'1'] | [b'0', b'4', b'0' | b'2', b'0' | b'1']) => {
-                self.gateway.admit(Priority::FollowUp)
+                Priority::FollowUp
             }
             _ => return Ok(None),
         };
-        match admitted {
+        match self.gateway.admit(priority) {
             Ok(place) => Ok(Some(place)),
             Err(_) => Err(self.refuse(frame)),
         }

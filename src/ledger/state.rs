@@ -388,11 +388,6 @@ impl Ledger {
             && self.needs_payments(cmd).all(|s| self.payments.contains(s))
     }
 
-    /// Whether the next payment this shard creates has a window slot now (O(1): one set).
-    pub fn has_room_for_new_payment(&self) -> bool {
-        self.payments.has_room(self.next_payment)
-    }
-
     /// Uncaptured authorizations due at `now`, found by scanning held payments: for ledgers
     /// that hold every payment (tests, tools, a gateway without a store). O(payments).
     pub fn holds_due_in_memory(&self, now: Millis, limit: usize) -> Vec<u64> {

@@ -191,11 +191,7 @@ async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
         };
         let started = Instant::now();
         let endpoint = metrics::classify(request.method == Method::Post, &request.path);
-        let admitted = match endpoint {
-            0 => api.gateway.admit_payment(),
-            _ => api.gateway.admit(http_priority(endpoint)),
-        };
-        let response = match admitted {
+        let response = match api.gateway.admit(http_priority(endpoint)) {
             Ok(place) => {
                 state.active.set(state.active.get() + 1);
                 let response = api.handle_in(&request, &mut session).await;
