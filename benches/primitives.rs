@@ -55,7 +55,7 @@ fn authorize(account: u64, capture: bool, lsn: u64) -> Command {
         amount: 1 + (lsn % 500) as i64,
         currency: eur(),
         capture,
-        reference: String::new(),
+        reference: Default::default(),
         now: Millis(1_800_000_000_000 + lsn),
         expires_at: Millis(1_900_000_000_000 + lsn),
         idem: None,

@@ -270,7 +270,7 @@ impl Sim {
         for m in 0..MERCHANTS {
             let settlement = CARD_ACCOUNTS + m;
             sim.merchants.push(MerchantFacts {
-                id: MerchantId(format!("M{m}")),
+                id: MerchantId(format!("M{m}").into()),
                 settlement: AccountId(settlement),
                 settlement_shard: sim.shard(settlement),
                 currency: sim.eur,
@@ -287,7 +287,7 @@ impl Sim {
             home: ShardId(0),
             account: AccountId(account),
             bin: "400000".into(),
-            last4: format!("{:04}", account),
+            last4: format!("{:04}", account).into(),
             exp_month: 12,
             exp_year: 2030,
             status: Status::Active,
@@ -329,7 +329,7 @@ impl Sim {
             card: Some(self.card(account)),
             presented: PresentedCard {
                 bin: "400000".into(),
-                last4: format!("{account:04}"),
+                last4: format!("{account:04}").into(),
                 exp_month: 12,
                 exp_year: 2030,
             },
@@ -337,7 +337,7 @@ impl Sim {
             amount,
             currency: self.eur,
             capture,
-            reference: String::new(),
+            reference: Default::default(),
             now: Millis(self.now),
             expires_at,
             idem: None,

@@ -133,11 +133,11 @@ fn run(seed: u64, ack_before_durable: bool) -> Vec<String> {
                     let p = NewPayment {
                         amount: rng.gen_range(1..5000),
                         currency: eur,
-                        pan: pan(rng.gen_range(0..CARDS)),
+                        pan: pan(rng.gen_range(0..CARDS)).into(),
                         exp_month: 12,
                         exp_year: 2030,
                         capture: rng.gen_bool(0.5),
-                        reference: String::new(),
+                        reference: Default::default(),
                     };
                     let answer = gw.create_payment(&facts, p, None).await;
                     if crashed.get() {

@@ -267,7 +267,7 @@ fn cards(shards: u16, cross_pct: u64) -> Vec<(String, AccountId)> {
 fn merchant(shards: u16) -> String {
     (1..)
         .map(|n| format!("SHOP{n}"))
-        .find(|m| shard_of_merchant(&MerchantId(m.clone()), shards) == ShardId(0))
+        .find(|m| shard_of_merchant(&MerchantId(m.as_str().into()), shards) == ShardId(0))
         .expect("some merchant id hashes to shard 0")
 }
 
@@ -292,7 +292,7 @@ where
     }
     let merchant = merchant(d.shards);
     let (_, key) = gw
-        .create_merchant(MerchantId(merchant.clone()), AccountId(1), 5411)
+        .create_merchant(MerchantId(merchant.as_str().into()), AccountId(1), 5411)
         .await
         .map_err(|e| format!("merchant: {e:?}"))?;
     let key = key.ok_or("the merchant got no API key")?;
@@ -459,7 +459,7 @@ mod tests {
             .count();
         assert_eq!(cross, 256 * 30 / 100, "30% of 256 places, rounded down");
         assert_eq!(
-            shard_of_merchant(&MerchantId(merchant(shards)), shards),
+            shard_of_merchant(&MerchantId(merchant(shards).into()), shards),
             ShardId(0)
         );
         for protocol in ["http", "iso8583"] {

@@ -20,11 +20,11 @@ use std::rc::Rc;
 pub struct NewPayment {
     pub amount: i64,
     pub currency: Currency,
-    pub pan: String,
+    pub pan: CompactString,
     pub exp_month: u8,
     pub exp_year: u16,
     pub capture: bool,
-    pub reference: String,
+    pub reference: CompactString,
 }
 
 /// The idempotency key of transfer `id`: the id itself is the key.
@@ -244,8 +244,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
     ) -> Result<Answer, ServiceError> {
         let hash = self.config.pan_key.hash_pan(&p.pan);
         let presented = PresentedCard {
-            bin: p.pan[..6].to_string(),
-            last4: p.pan[p.pan.len() - 4..].to_string(),
+            bin: CompactString::from(&p.pan[..6]),
+            last4: CompactString::from(&p.pan[p.pan.len() - 4..]),
             exp_month: p.exp_month,
             exp_year: p.exp_year,
         };
@@ -498,8 +498,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
         let cmd = Command::CreateCard {
             hash,
             account,
-            bin: pan[..6].to_string(),
-            last4: pan[pan.len() - 4..].to_string(),
+            bin: CompactString::from(&pan[..6]),
+            last4: CompactString::from(&pan[pan.len() - 4..]),
             exp_month,
             exp_year,
         };
@@ -681,8 +681,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                 let cmd = Command::CreateCard {
                     hash,
                     account,
-                    bin: pan[..6].to_string(),
-                    last4: pan[pan.len() - 4..].to_string(),
+                    bin: CompactString::from(&pan[..6]),
+                    last4: CompactString::from(&pan[pan.len() - 4..]),
                     exp_month: p.exp_month,
                     exp_year: p.exp_year,
                 };

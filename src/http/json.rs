@@ -56,7 +56,7 @@ pub struct CreateTransfer {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CardInput {
-    pub number: String,
+    pub number: CompactString,
     pub exp_month: u8,
     pub exp_year: u16,
 }
@@ -64,13 +64,14 @@ pub struct CardInput {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePayment {
-    pub amount: String,
-    pub currency: String,
+    // Inline strings: parsing a payment allocates nothing for them (`CompactString`).
+    pub amount: CompactString,
+    pub currency: CompactString,
     pub card: CardInput,
     #[serde(default)]
     pub capture: bool,
     #[serde(default)]
-    pub reference: Option<String>,
+    pub reference: Option<CompactString>,
 }
 
 #[derive(Deserialize, Default)]
@@ -262,7 +263,7 @@ mod tests {
             currency: Currency::from_alpha("EUR").unwrap(),
             bin: "424242".into(),
             last4: "4242".into(),
-            approval_code: approval.map(str::to_string),
+            approval_code: approval.map(CompactString::from),
             decline,
             reference: "order \\ 7".into(),
             created_at: Millis(1_700_000_000_123),

@@ -139,14 +139,14 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> IsoApi<D, P> {
         let card = card(m)?;
         let reference = m
             .get_str(37)
-            .map(|s| s.trim().to_string())
+            .map(|s| CompactString::from(s.trim()))
             .unwrap_or_default();
         let gw = &self.gateway;
         let answer = repeat_after_in_flight(gw, tag.key, || {
             let p = NewPayment {
                 amount,
                 currency,
-                pan: card.pan.clone(),
+                pan: card.pan.as_str().into(),
                 exp_month: card.exp.map_or(0, |e| e.0),
                 exp_year: card.exp.map_or(0, |e| e.1),
                 capture,
@@ -230,7 +230,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> IsoApi<D, P> {
         match answer.outcome {
             Outcome::Transfer(_) => Ok(Verdict {
                 code: *b"00",
-                approval: Some(hex::encode_upper(&tag.key[..3])),
+                approval: Some(hex::encode_upper(&tag.key[..3]).into()),
                 additional_amounts: None,
             }),
             other => Ok(Verdict::of(&other)),
@@ -380,7 +380,7 @@ fn unavailable(_: ServiceError) -> Code {
 /// What a flow decided: the response code and the fields that go with it.
 struct Verdict {
     code: [u8; 2],
-    approval: Option<String>,
+    approval: Option<CompactString>,
     additional_amounts: Option<String>,
 }
 

@@ -7,6 +7,7 @@
 
 use crate::domain::{AccountId, Currency, Millis, ShardId};
 use crate::ledger::decline::Decline;
+pub use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 /// WAL record kind for a ledger command.
@@ -29,14 +30,14 @@ pub const REFERENCE_MAX: usize = 64;
 
 /// A merchant's id (DE42), 1..=15 printable ASCII characters.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct MerchantId(pub String);
+pub struct MerchantId(pub CompactString);
 
 impl MerchantId {
     pub fn parse(text: &str) -> Option<MerchantId> {
         let ok = !text.is_empty()
             && text.len() <= MERCHANT_ID_MAX
             && text.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-        ok.then(|| MerchantId(text.to_string()))
+        ok.then(|| MerchantId(CompactString::from(text)))
     }
 }
 
@@ -86,8 +87,8 @@ pub struct CardFacts {
     pub id: u64,
     pub home: ShardId,
     pub account: AccountId,
-    pub bin: String,
-    pub last4: String,
+    pub bin: CompactString,
+    pub last4: CompactString,
     pub exp_month: u8,
     pub exp_year: u16,
     pub status: Status,
@@ -108,8 +109,8 @@ pub struct MerchantFacts {
 /// The card as the merchant presented it (never the PAN: BIN and last four only).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresentedCard {
-    pub bin: String,
-    pub last4: String,
+    pub bin: CompactString,
+    pub last4: CompactString,
     /// 0 when the expiry was not presented.
     pub exp_month: u8,
     pub exp_year: u16,
@@ -153,8 +154,8 @@ pub enum Command {
     CreateCard {
         hash: CardHash,
         account: AccountId,
-        bin: String,
-        last4: String,
+        bin: CompactString,
+        last4: CompactString,
         exp_month: u8,
         exp_year: u16,
     },
@@ -182,7 +183,7 @@ pub enum Command {
         amount: i64,
         currency: Currency,
         capture: bool,
-        reference: String,
+        reference: CompactString,
         now: Millis,
         expires_at: Millis,
         idem: Option<IdemTag>,
@@ -294,11 +295,11 @@ pub struct PaymentView {
     pub amount_captured: i64,
     pub amount_refunded: i64,
     pub currency: Currency,
-    pub bin: String,
-    pub last4: String,
-    pub approval_code: Option<String>,
+    pub bin: CompactString,
+    pub last4: CompactString,
+    pub approval_code: Option<CompactString>,
     pub decline: Option<Decline>,
-    pub reference: String,
+    pub reference: CompactString,
     pub created_at: Millis,
 }
 
@@ -368,8 +369,8 @@ pub enum Outcome {
     Card {
         id: u64,
         account: AccountId,
-        bin: String,
-        last4: String,
+        bin: CompactString,
+        last4: CompactString,
     },
     Merchant {
         id: MerchantId,

@@ -36,8 +36,8 @@ pub struct Card {
     pub id: u64,
     pub hash: CardHash,
     pub account: AccountId,
-    pub bin: String,
-    pub last4: String,
+    pub bin: CompactString,
+    pub last4: CompactString,
     pub exp_month: u8,
     pub exp_year: u16,
     pub status: Status,
@@ -801,8 +801,8 @@ impl Ledger {
             id,
             hash: *hash,
             account,
-            bin: bin.to_string(),
-            last4: last4.to_string(),
+            bin: CompactString::from(bin),
+            last4: CompactString::from(last4),
             exp_month,
             exp_year,
             status: Status::Active,
@@ -815,8 +815,8 @@ impl Ledger {
         Outcome::Card {
             id,
             account,
-            bin: bin.to_string(),
-            last4: last4.to_string(),
+            bin: CompactString::from(bin),
+            last4: CompactString::from(last4),
         }
     }
 
@@ -1360,7 +1360,7 @@ pub fn view_account(id: AccountId, a: &Account) -> AccountView {
 
 /// A six-character approval code derived from the payment's id: deterministic, so replay and
 /// idempotent answers agree.
-fn approval_code(id: PaymentRef) -> String {
+fn approval_code(id: PaymentRef) -> CompactString {
     let mut x = (id.seq << 8) ^ id.shard.0 as u64;
     x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x ^= x >> 29;

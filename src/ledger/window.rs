@@ -329,7 +329,7 @@ mod tests {
                 last4: "4242".into(),
                 approval_code: None,
                 decline: None,
-                reference: String::new(),
+                reference: Default::default(),
                 created_at: Millis(0),
             },
             account: Some(AccountId(1)),

@@ -1173,8 +1173,8 @@ mod tests {
             let cmd = Command::CreateCard {
                 hash,
                 account,
-                bin: pan[..6].to_string(),
-                last4: pan[pan.len() - 4..].to_string(),
+                bin: pan[..6].into(),
+                last4: pan[pan.len() - 4..].into(),
                 exp_month: 12,
                 exp_year: 2031,
             };
@@ -1185,7 +1185,7 @@ mod tests {
         }
 
         fn merchant(&mut self, name: &str, settlement: AccountId) -> MerchantFacts {
-            let id = MerchantId(name.to_string());
+            let id = MerchantId(name.into());
             let home = shard_of_merchant(&id, self.shards());
             let cmd = Command::CreateMerchant {
                 id: id.clone(),
@@ -1226,7 +1226,7 @@ mod tests {
                 amount,
                 currency: eur(),
                 capture: sale,
-                reference: format!("order-{}", self.now),
+                reference: format!("order-{}", self.now).into(),
                 now: Millis(self.now),
                 expires_at: Millis(self.now + 3_600_000),
                 idem: None,

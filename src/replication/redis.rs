@@ -274,7 +274,7 @@ fn payment_fields(kind: &str, p: &PaymentView) -> Vec<(&'static str, String)> {
         ("operation", kind.to_string()),
         ("status", p.status.as_str().to_string()),
         ("payment_id", format!("pay_{}_{}", p.id.shard.0, p.id.seq)),
-        ("merchant_id", p.merchant.0.clone()),
+        ("merchant_id", p.merchant.0.to_string()),
         ("amount", format_amount(p.amount, p.currency)),
         (
             "amount_captured",
@@ -292,10 +292,10 @@ fn payment_fields(kind: &str, p: &PaymentView) -> Vec<(&'static str, String)> {
     let code = p.decline.map_or("00", |d| d.iso_code());
     f.push(("response_code", code.to_string()));
     if let Some(approval) = &p.approval_code {
-        f.push(("approval_code", approval.clone()));
+        f.push(("approval_code", approval.to_string()));
     }
     if !p.reference.is_empty() {
-        f.push(("reference", p.reference.clone()));
+        f.push(("reference", p.reference.to_string()));
     }
     f
 }

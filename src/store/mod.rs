@@ -235,7 +235,7 @@ impl Store {
         for row in merchants.iter().map_err(|e| err(p, "merchants", e))? {
             let (k, v) = row.map_err(|e| err(p, "merchants", e))?;
             let m = decode::<Merchant>(p, "merchant", v.value())?;
-            snap.merchants.push((MerchantId(k.value().to_string()), m));
+            snap.merchants.push((MerchantId(k.value().into()), m));
         }
         let outbox = txn.open_table(OUTBOX).map_err(|e| err(p, "outbox", e))?;
         for row in outbox.iter().map_err(|e| err(p, "outbox", e))? {
@@ -451,7 +451,7 @@ impl Store {
             let (k, v) = row.map_err(|e| err(p, "merchants", e))?;
             let m = decode::<Merchant>(p, "merchant", v.value())?;
             merchants.push(crate::ledger::effects::MerchantRow {
-                id: MerchantId(k.value().to_string()),
+                id: MerchantId(k.value().into()),
                 settlement: m.settlement,
                 currency: m.currency,
                 mcc: m.mcc,
