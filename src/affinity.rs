@@ -62,6 +62,39 @@ pub fn helper_cores(
     }
 }
 
+/// Real-time priority of helper threads on the request path (SCHED_FIFO, the lowest).
+const HELPER_RT_PRIORITY: i32 = 1;
+/// Nice value tried when real-time priority is not allowed.
+const HELPER_NICE: i32 = -10;
+
+/// Raises the calling thread's priority, for helper threads that requests wait on and that
+/// sleep in the kernel almost all the time (the WAL's sync thread, the store's readers):
+/// SCHED_FIFO needs CAP_SYS_NICE or `RLIMIT_RTPRIO` >= 1 (systemd `LimitRTPRIO=1`); else a
+/// negative nice value is tried; else it stays as it is. Returns what was done, for the log.
+/// Only for threads with cores of their own (`cores_of_their_own`): on a shard's core it
+/// would preempt the shard it serves.
+pub fn raise_thread_priority() -> String {
+    let param = libc::sched_param {
+        sched_priority: HELPER_RT_PRIORITY,
+    };
+    // SAFETY: plain syscalls on the calling thread (pid 0) with a valid parameter.
+    unsafe {
+        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 {
+            return format!("SCHED_FIFO priority {HELPER_RT_PRIORITY}");
+        }
+        let fifo = std::io::Error::last_os_error();
+        let tid = libc::gettid() as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, HELPER_NICE) == 0 {
+            return format!("nice {HELPER_NICE} (SCHED_FIFO refused: {fifo})");
+        }
+        format!(
+            "normal priority (SCHED_FIFO refused: {fifo}; nice {HELPER_NICE} refused: {}): \
+             give the process CAP_SYS_NICE or LimitRTPRIO=1",
+            std::io::Error::last_os_error()
+        )
+    }
+}
+
 /// True when helper threads placed on `helpers` never share a core with a pinned shard:
 /// they have cores of their own (what the WAL's sync thread needs for real-time priority).
 pub fn cores_of_their_own(helpers: &[usize], shard_cores: Option<&[usize]>) -> bool {

@@ -185,42 +185,17 @@ fn short_write(written: usize, wanted: usize, pos: u64) -> io::Error {
     )
 }
 
-/// Real-time priority of the thread that runs the WAL's fdatasync (SCHED_FIFO, the lowest).
-const SYNC_THREAD_RT_PRIORITY: i32 = 1;
-/// Nice value tried when real-time priority is not allowed.
-const SYNC_THREAD_NICE: i32 = -10;
-
 /// Raises the priority of this executor's blocking thread, where the WAL's fdatasync runs:
 /// every acknowledgement waits for it, and it shares its core with the store's threads (and,
 /// on a benchmark machine, the load generator). Waiting its turn behind them was measured
 /// adding ~2–5 ms to each sync, on a device whose flushes took 0.2–0.7 ms (BENCHMARKS.md).
 /// It sleeps in the kernel almost all of the time, so a real-time class costs the others
-/// nothing but the wait. SCHED_FIFO needs CAP_SYS_NICE or `RLIMIT_RTPRIO` ≥ 1 (systemd
-/// `LimitRTPRIO=1`); else a negative nice value is tried; else it stays as it is. Returns
+/// nothing but the wait (`affinity::raise_thread_priority` says what is tried). Returns
 /// what was done, for the start-up log.
 pub async fn raise_sync_thread_priority() -> String {
-    let done = glommio::executor().spawn_blocking(|| {
-        let param = libc::sched_param {
-            sched_priority: SYNC_THREAD_RT_PRIORITY,
-        };
-        // SAFETY: plain syscalls on the calling thread (pid 0) with a valid parameter.
-        unsafe {
-            if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 {
-                return format!("SCHED_FIFO priority {SYNC_THREAD_RT_PRIORITY}");
-            }
-            let fifo = io::Error::last_os_error();
-            let tid = libc::gettid() as libc::id_t;
-            if libc::setpriority(libc::PRIO_PROCESS, tid, SYNC_THREAD_NICE) == 0 {
-                return format!("nice {SYNC_THREAD_NICE} (SCHED_FIFO refused: {fifo})");
-            }
-            format!(
-                "normal priority (SCHED_FIFO refused: {fifo}; nice {SYNC_THREAD_NICE} refused: {}): \
-                 give the process CAP_SYS_NICE or LimitRTPRIO=1",
-                io::Error::last_os_error()
-            )
-        }
-    });
-    done.await
+    glommio::executor()
+        .spawn_blocking(crate::affinity::raise_thread_priority)
+        .await
 }
 
 #[cfg(test)]

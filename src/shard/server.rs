@@ -492,6 +492,8 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
         ));
     }
     let store_handles = stores.clone();
+    let readers_own_cores =
+        crate::affinity::cores_of_their_own(&config.state.cores, config.shard_cores().as_deref());
     let readers: Vec<StoreReader> = stores
         .into_iter()
         .enumerate()
@@ -503,6 +505,7 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
                 Duration::from_millis(config.state.read_timeout_ms),
                 &format!("corepay-store-{k}"),
                 &config.state.cores,
+                readers_own_cores,
             )
         })
         .collect();

@@ -162,6 +162,10 @@ pub struct Stores {
 }
 
 /// Starts `threads` readers on `store`. They stop when every `StoreReader` is dropped.
+///
+/// With `raise` (the readers have cores no shard owns), each asks for real-time priority: a
+/// cold read is on a request's path, and it shares its core with the store writer's commits
+/// and the replication sinks, which can wait.
 pub fn spawn_readers(
     store: Arc<Store>,
     progress: Arc<StoreProgress>,
@@ -169,15 +173,21 @@ pub fn spawn_readers(
     timeout: Duration,
     name: &str,
     cores: &[usize],
+    raise: bool,
 ) -> StoreReader {
     assert!(threads >= 1);
     let (jobs, queue) = bounded::<Job>(READ_QUEUE_MAX);
     for i in 0..threads {
         let (store, queue, cores) = (store.clone(), queue.clone(), cores.to_vec());
+        let thread = format!("{name}-read-{i}");
         std::thread::Builder::new()
-            .name(format!("{name}-read-{i}"))
+            .name(thread.clone())
             .spawn(move || {
                 crate::affinity::pin_thread(&cores, "a store reader");
+                if raise {
+                    let how = crate::affinity::raise_thread_priority();
+                    crate::info!("store.reader_priority": "{thread} runs at {how}");
+                }
                 serve(&store, &queue)
             })
             .expect("spawn a store reader");
