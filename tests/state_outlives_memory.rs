@@ -63,14 +63,20 @@ fn wal_firsts(s: &Server) -> Vec<u64> {
     v
 }
 
+/// The shop every test here uses: card account 1001 with `balance` EUR and `number`'s card
+/// on it, settlement account 2001, merchant SHOP1. Its API key.
+fn shop(s: &Server, balance: &str, number: &str) -> String {
+    create_account(s, 1001, "EUR", balance);
+    create_account(s, 2001, "EUR", "0.00");
+    create_card(s, number, 1001);
+    create_merchant(s, "SHOP1", 2001)
+}
+
 #[test]
 fn evicted_payments_are_captured_voided_refunded_and_read_after_kill9() {
     let mut s = Server::start_with(1, SMALL_STATE);
-    create_account(&s, 1001, "EUR", "100000.00");
-    create_account(&s, 2001, "EUR", "0.00");
     let number = card_number("424242424242424");
-    create_card(&s, &number, 1001);
-    let key = create_merchant(&s, "SHOP1", 2001);
+    let key = shop(&s, "100000.00", &number);
     let mut m = Client::with_key(s.http, &key);
 
     const N: usize = 3000;
@@ -185,11 +191,8 @@ fn evicted_payments_are_captured_voided_refunded_and_read_after_kill9() {
 #[test]
 fn holds_expire_through_the_store_index() {
     let s = Server::start_with(1, &format!("{SMALL_STATE}[payments]\nhold_ttl_secs = 1\n"));
-    create_account(&s, 1001, "EUR", "100.00");
-    create_account(&s, 2001, "EUR", "0.00");
     let number = card_number("400000000000000");
-    create_card(&s, &number, 1001);
-    let key = create_merchant(&s, "SHOP1", 2001);
+    let key = shop(&s, "100.00", &number);
     let mut m = Client::with_key(s.http, &key);
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -239,11 +242,8 @@ fn idempotency_keys_outlive_the_index_in_memory() {
         2,
         &format!("{SMALL_STATE}[idempotency]\nmax_keys_per_shard = 64\n"),
     );
-    create_account(&s, 1001, "EUR", "10000.00");
-    create_account(&s, 2001, "EUR", "0.00");
     let number = card_number("555555555555444");
-    create_card(&s, &number, 1001);
-    let key = create_merchant(&s, "SHOP1", 2001);
+    let key = shop(&s, "10000.00", &number);
     let mut m = Client::with_key(s.http, &key);
     let body = |i: usize| payment_json("1.00", "EUR", &number, (12, 2030), true, &format!("k{i}"));
     const N: usize = 600;
@@ -299,11 +299,8 @@ fn damage(path: &std::path::Path, truncate: bool) {
 }
 
 fn some_payments(s: &Server, n: usize) -> (String, Vec<String>) {
-    create_account(s, 1001, "EUR", "1000.00");
-    create_account(s, 2001, "EUR", "0.00");
     let number = card_number("424242424242424");
-    create_card(s, &number, 1001);
-    let key = create_merchant(s, "SHOP1", 2001);
+    let key = shop(s, "1000.00", &number);
     let mut m = Client::with_key(s.http, &key);
     let ids = (0..n)
         .map(|i| {
@@ -376,11 +373,8 @@ fn a_store_behind_sheds_new_payments_at_once_and_serving_resumes() {
         1,
         "[state]\nwindow_payments = 64\ncommit_interval_ms = 3000\ncheckpoint_interval_ms = 6000\n",
     );
-    create_account(&s, 1001, "EUR", "100000.00");
-    create_account(&s, 2001, "EUR", "0.00");
     let number = card_number("424242424242424");
-    create_card(&s, &number, 1001);
-    let key = create_merchant(&s, "SHOP1", 2001);
+    let key = shop(&s, "100000.00", &number);
     let mut m = Client::with_key(s.http, &key);
     let body = |i: usize| payment_json("1.00", "EUR", &number, (12, 2030), false, &format!("r{i}"));
 
