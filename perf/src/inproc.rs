@@ -246,7 +246,8 @@ fn cards(shards: u16, cross_pct: u64) -> Vec<(String, AccountId)> {
     let key = GatewayConfig::for_tests(ShardId(0), shards).pan_key;
     let (mut pans, mut accounts) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
     let mut i = 0;
-    while pans.iter().any(|p| p.len() < CARDS as usize) {
+    let short = |n: usize| n < CARDS as usize;
+    while pans.iter().any(|v| short(v.len())) || accounts.iter().any(|v| short(v.len())) {
         let p = pan(i);
         pans[shard_of_card(&key.hash_pan(&p), shards).index()].push(p);
         let a = AccountId(100 + i);
