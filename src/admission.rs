@@ -10,12 +10,16 @@
 //!   waits for.
 //! - **An adaptive concurrency limit** (AIMD, as TCP, Netflix's concurrency-limits and Envoy's
 //!   adaptive concurrency filter) on the requests admitted and not yet answered. It shrinks
-//!   by a tenth (at most once per `decrease_every`) while the queue stands (below) or when an
-//!   admitted request took longer than `latency_target` (a slow disk, which the executor's
-//!   delay does not show), and grows by one per limit's worth of requests served in time
-//!   while it was the constraint. Past it, new work is shed: a shed answer costs a
-//!   fraction of a served one, so the shard keeps answering everything that arrives, and what
-//!   it serves stays fast.
+//!   by a tenth (at most once per `decrease_every`) while the queue stands (below) or while
+//!   answers are slow: no admitted request was answered within `latency_target` for a whole
+//!   `interval` (a slow disk, which the executor's delay does not show; one slow fsync is a
+//!   burst, as one late tick is). It grows by one per limit's worth of requests served in
+//!   time while it is the constraint, or while it is below `initial_limit`: a limit shrunk
+//!   by an overload that has passed returns to where it started even when the load no
+//!   longer reaches it (else brief stalls ratchet it down for good: BENCHMARKS.md,
+//!   2026-12-05). Past it, new work is shed: a shed answer costs a fraction of a served
+//!   one, so the shard keeps answering everything that arrives, and what it serves stays
+//!   fast.
 //! - **Queue time (CoDel, as in Facebook's "Fail at Scale").** A request admitted but not
 //!   yet started (ISO 8583 frames read together wait for their turn) is shed when its turn
 //!   comes if it waited longer than `interval`, or longer than `target` while the queue is
@@ -101,6 +105,8 @@ pub struct Admission {
     /// yet).
     delay: u64,
     below_at: Option<u64>,
+    /// When an admitted request was last answered within `latency_target` (None: none yet).
+    on_time_at: Option<u64>,
     /// Requests refused, per `Refusal` (queue time, concurrency).
     refused: [u64; 2],
 }
@@ -117,6 +123,7 @@ impl Admission {
             last_decrease: None,
             delay: 0,
             below_at: None,
+            on_time_at: None,
             refused: [0; 2],
         }
     }
@@ -189,8 +196,17 @@ impl Admission {
         self.in_flight -= 1;
         let took = now.saturating_sub(ticket.admitted_at);
         if took > self.cfg.latency_target_micros {
-            self.decrease(now);
-        } else if was_limited && self.delay <= self.cfg.target_micros {
+            // Slow for a whole interval, not one slow fsync: the first answers ever count
+            // from the first admission.
+            let since = self.on_time_at.unwrap_or(ticket.admitted_at);
+            if now.saturating_sub(since) >= self.cfg.interval_micros {
+                self.decrease(now);
+            }
+            return;
+        }
+        self.on_time_at = Some(now);
+        let below_start = self.limit < f64::from(self.cfg.initial_limit);
+        if (was_limited || below_start) && self.delay <= self.cfg.target_micros {
             self.limit = (self.limit + 1.0 / self.limit).min(f64::from(self.cfg.max_in_flight));
         }
     }
@@ -339,12 +355,22 @@ mod tests {
             a.observe_delay(stands + i * c.decrease_every_micros, c.target_micros * 5);
         }
         assert_eq!(a.limit(), c.min_limit, "never below min_limit");
-        // A slow answer shrinks it too, with the executor on time.
+        // Slow answers shrink it too, with the executor on time, once no answer has been
+        // on time for a whole interval; one slow answer (a slow fsync) does not.
         let mut b = Admission::new(c);
         b.observe_delay(0, 0);
         let t = b.admit(0, Priority::New).unwrap();
-        b.done(c.latency_target_micros + 1, t);
-        assert!(b.limit() < 16);
+        b.done(100, t);
+        let t = b.admit(200, Priority::New).unwrap();
+        b.done(200 + c.latency_target_micros + 1, t);
+        assert_eq!(b.limit(), 16, "one slow answer is a burst");
+        let mut now = 200;
+        while now < 100 + c.interval_micros {
+            let t = b.admit(now, Priority::New).unwrap();
+            now += c.latency_target_micros + 1;
+            b.done(now, t);
+        }
+        assert!(b.limit() < 16, "slow for a whole interval");
         // Used to the full and answering in time, it grows back by about one per limit's
         // worth of answers.
         let start = a.limit();
@@ -362,6 +388,55 @@ mod tests {
         }
         assert!(a.limit() > start + 10, "grew from {start} to {}", a.limit());
         assert!(a.limit() <= c.max_in_flight);
+    }
+
+    /// The 10 M soak of 2026-12-05 (3,000/s, 128 connections, at half a core) shed 0.6% of
+    /// its requests: each slow fsync shrank the limit, and the limit grew back only while it
+    /// was the constraint, which at half load it never was, so brief stalls ratcheted it
+    /// down to `min_limit`, and then every stall's arrivals overflowed it.
+    #[test]
+    fn admission_brief_disk_stalls_at_half_load_shed_nothing_and_leave_the_limit_where_it_was() {
+        let c = AdmissionConfig {
+            initial_limit: 256,
+            min_limit: 32,
+            max_in_flight: 8192,
+            ..AdmissionConfig::DEFAULT
+        };
+        let mut a = Admission::new(c);
+        // 3,000 arrivals a second; group commits of 1 ms, and every 2 s one of 40 ms. A
+        // request is answered when the first commit that starts after its admission ends.
+        let arrival_every = 333;
+        let mut now = 0u64;
+        let mut next_arrival = 0u64;
+        let mut batch: Vec<Ticket> = Vec::new();
+        let mut commits = 0u64;
+        while now < 600_000_000 {
+            let took = if commits % 2_000 == 1_999 {
+                40_000
+            } else {
+                1_000
+            };
+            let end = now + took;
+            let mut arrived = Vec::new();
+            while next_arrival < end {
+                if next_arrival % 20_000 < arrival_every {
+                    a.observe_delay(next_arrival, 100);
+                }
+                arrived.push(
+                    a.admit(next_arrival, Priority::New)
+                        .expect("half load fits"),
+                );
+                next_arrival += arrival_every;
+            }
+            for t in batch.drain(..) {
+                a.done(end, t);
+            }
+            batch = arrived;
+            now = end;
+            commits += 1;
+        }
+        assert_eq!(a.refused(Refusal::Concurrency), 0);
+        assert_eq!(a.limit(), 256, "the limit returned to where it started");
     }
 
     #[test]
