@@ -217,6 +217,22 @@ pub struct Http {
     /// Idle keep-alive connections are closed after this long.
     pub idle_timeout_ms: u64,
     pub max_connections_per_shard: usize,
+    /// `[http.tls]`: HTTPS on the merchant listener (absent: plain HTTP).
+    pub tls: Option<Tls>,
+}
+
+/// `[http.tls]` / `[iso8583.tls]`: the listener speaks TLS 1.2 and 1.3 only (rustls).
+/// Read at start and again on SIGHUP (src/tls.rs).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM: the server's certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM: its private key (PKCS#8, SEC1 or PKCS#1).
+    pub key_file: String,
+    /// PEM: CAs that sign clients' certificates. Set: mutual TLS, and a client without a
+    /// certificate signed by one of them is refused during the handshake.
+    pub client_ca_file: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -242,6 +258,22 @@ pub struct Iso8583 {
     /// a response that cannot be written for this long closes it too.
     pub idle_timeout_ms: u64,
     pub max_connections_per_shard: usize,
+    /// `[iso8583.tls]`: TLS, or mutual TLS with `client_ca_file` (absent: plain TCP).
+    pub tls: Option<Tls>,
+    /// `[[iso8583.acquirers]]`: which institution ids (DE32) each client certificate may
+    /// send. Empty: any.
+    pub acquirers: Vec<AcquirerBinding>,
+}
+
+/// One acquirer's identity under mutual TLS and the institution ids bound to it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcquirerBinding {
+    /// The client certificate's subject, as the `iso8583.tls_client` log line prints it
+    /// (RFC 4514, e.g. "CN=acquirer 0001, O=Bank").
+    pub subject: String,
+    /// DE32 values (1 to 11 digits; leading zeros do not count).
+    pub institution_ids: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -402,6 +434,7 @@ impl Default for Http {
             request_timeout_ms: 5000,
             idle_timeout_ms: 60_000,
             max_connections_per_shard: 10_000,
+            tls: None,
         }
     }
 }
@@ -424,6 +457,8 @@ impl Default for Iso8583 {
             max_in_flight_per_connection: 256,
             idle_timeout_ms: 300_000,
             max_connections_per_shard: 1000,
+            tls: None,
+            acquirers: Vec::new(),
         }
     }
 }
@@ -500,6 +535,51 @@ impl Iso8583 {
         }
         if self.max_connections_per_shard == 0 {
             return Err(bad("iso8583.max_connections_per_shard", "must be > 0"));
+        }
+        self.validate_acquirers()
+    }
+
+    fn validate_acquirers(&self) -> Result<(), ConfigError> {
+        if self.acquirers.is_empty() {
+            return Ok(());
+        }
+        let mutual = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| !t.client_ca_file.is_empty());
+        if !mutual {
+            return Err(bad(
+                "iso8583.acquirers",
+                "needs [iso8583.tls] with client_ca_file: identities come from client certificates",
+            ));
+        }
+        for (i, a) in self.acquirers.iter().enumerate() {
+            if a.subject.trim().is_empty() {
+                return Err(bad(
+                    &format!("iso8583.acquirers[{i}].subject"),
+                    "must not be empty",
+                ));
+            }
+            if self.acquirers[..i].iter().any(|b| b.subject == a.subject) {
+                return Err(bad(
+                    &format!("iso8583.acquirers[{i}].subject"),
+                    format!("{:?} is bound twice", a.subject),
+                ));
+            }
+            if a.institution_ids.is_empty() {
+                return Err(bad(
+                    &format!("iso8583.acquirers[{i}].institution_ids"),
+                    "must name at least one DE32 value",
+                ));
+            }
+            for id in &a.institution_ids {
+                if id.is_empty() || id.len() > 11 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad(
+                        &format!("iso8583.acquirers[{i}].institution_ids"),
+                        format!("{id:?} is not 1 to 11 digits (DE32, n..11)"),
+                    ));
+                }
+            }
         }
         Ok(())
     }

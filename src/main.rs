@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             run_reconcile(Some(Path::new(file)))
         }
         ["check-config", file] => Config::load(Path::new(file))
+            .and_then(|c| corepay::tls::Listeners::load(&c).map(drop))
             .map(|_| println!("{file}: ok"))
             .map_err(|e| e.to_string()),
         ["wal", "verify", dir] => wal_verify(Path::new(dir)),

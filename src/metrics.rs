@@ -112,6 +112,9 @@ pub struct ShardSnapshot {
     /// `max_connections_per_shard`.
     pub connections: [u64; LISTENERS.len()],
     pub connections_refused: [u64; LISTENERS.len()],
+    /// TLS handshakes that failed or timed out (plain text or garbage sent to a TLS port, an
+    /// old protocol version, a client certificate not signed by `client_ca_file`).
+    pub tls_handshakes_failed: [u64; LISTENERS.len()],
     pub http: [Buckets; ENDPOINTS.len()],
     pub iso: [Buckets; MTIS.len()],
     /// Responses by status class: [_, 1xx, 2xx, 3xx, 4xx, 5xx].
@@ -178,6 +181,10 @@ pub fn set_connections(kind: Listener, open: usize) {
 /// A connection over the limit was closed at once.
 pub fn connection_refused(kind: Listener) {
     METRICS.with(|m| m.borrow_mut().connections_refused[kind as usize] += 1);
+}
+
+pub fn tls_handshake_failed(kind: Listener) {
+    METRICS.with(|m| m.borrow_mut().tls_handshakes_failed[kind as usize] += 1);
 }
 
 /// This shard's figures so far.
@@ -529,6 +536,17 @@ pub fn render(
         "listener",
         &LISTENERS,
         |s, k| s.metrics.connections_refused[k],
+    );
+    t.per_shard_and(
+        stats,
+        (
+            "tls_handshakes_failed_total",
+            "counter",
+            "TLS handshakes that failed or timed out, per listener (the connection was dropped).",
+        ),
+        "listener",
+        &LISTENERS,
+        |s, k| s.metrics.tls_handshakes_failed[k],
     );
     t.per_shard_and(
         stats,

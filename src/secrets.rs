@@ -144,6 +144,51 @@ pub fn merchant_of_api_key(key: &str) -> Option<String> {
     String::from_utf8(hex::decode(id_hex).ok()?).ok()
 }
 
+/// A card number in clear, as presented: kept only until it is hashed, and wiped when
+/// dropped, so that no copy is left in freed memory. `Debug` shows nothing of it.
+#[derive(serde::Deserialize)]
+#[serde(transparent)]
+pub struct Pan(compact_str::CompactString);
+
+impl Pan {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Pan {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Pan {
+    fn from(s: &str) -> Pan {
+        Pan(s.into())
+    }
+}
+
+impl From<String> for Pan {
+    fn from(mut s: String) -> Pan {
+        let pan = Pan(s.as_str().into());
+        zeroize::Zeroize::zeroize(&mut s);
+        pan
+    }
+}
+
+impl Drop for Pan {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl fmt::Debug for Pan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pan(redacted)")
+    }
+}
+
 /// Length limits of a card number (ISO/IEC 7812).
 pub const PAN_MIN: usize = 12;
 pub const PAN_MAX: usize = 19;

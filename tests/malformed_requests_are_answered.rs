@@ -588,13 +588,21 @@ impl Fixture {
                 true,
             )
             .code("forbidden"),
+            // The admin plane is not on the merchant listener at all, whoever asks.
             case(
-                "merchant_key_on_admin_path",
+                "admin_path_on_the_merchant_listener",
                 request("GET", "/v1/accounts/1000", Some(key), &[], None),
-                403,
+                404,
                 true,
             )
-            .code("forbidden"),
+            .code("not_found"),
+            case(
+                "admin_key_and_admin_path_on_the_merchant_listener",
+                request("POST", "/v1/accounts", Some(ADMIN_KEY), &[], Some(b"{}")),
+                404,
+                true,
+            )
+            .code("not_found"),
             case(
                 "idempotency_key_too_long",
                 request("POST", "/v1/payments", Some(key), &[&long_key], Some(&good)),
@@ -937,7 +945,7 @@ fn a_complete_request_is_answered_while_the_next_one_is_still_arriving() {
     let s = Server::start_with(2, "[http]\nrequest_timeout_ms = 3000\n");
     let read = format!("GET /v1/ledger HTTP/1.1\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\r\n");
     let (start, rest) = read.split_at(20);
-    let mut c = s.client();
+    let mut c = Client::connect(s.operator);
     c.send_raw(format!("{read}{start}").as_bytes()).unwrap();
     let first = c.read_response().expect("the first answer");
     assert_eq!(first.status, 200, "{}", first.body);

@@ -87,9 +87,13 @@ fn metrics_pass_promtool_and_every_dashboard_and_alert_metric_is_exposed() {
     create_account(&s, 1, "EUR", "100.00");
     create_account(&s, 2, "EUR", "0.00");
     // Two merchant-side connections held open while /metrics is read.
-    let mut held = [s.admin(), s.admin()];
+    let mut held = [s.client(), s.client()];
     for c in &mut held {
-        assert_eq!(c.get("/v1/accounts/1").0, 200);
+        assert_eq!(c.get("/v1/payments/pay_0_1").0, 401);
+    }
+    // Admin requests (on the operator listener) are in the latency histograms too.
+    for _ in 0..2 {
+        assert_eq!(s.admin().get("/v1/accounts/1").0, 200);
     }
     let (status, _, body) = raw_get(s.operator, "/metrics").unwrap();
     assert_eq!(status, 200);

@@ -98,7 +98,7 @@ fn run(seed: u64, ack_before_durable: bool) -> Vec<String> {
                 .await
                 .unwrap());
             ok(gw
-                .create_card(pan(i), 12, 2030, AccountId(100 + i))
+                .create_card(pan(i).into(), 12, 2030, AccountId(100 + i))
                 .await
                 .unwrap());
         }

@@ -43,8 +43,11 @@ fn http_2xx(addr: SocketAddr) -> Result<u64, String> {
 
 /// Runs after the load, before any other request to the gateway (the 2xx cross-check
 /// counts the check's own reads separately).
+/// `merchant_addr`: the merchant listener, where approved payments are read back with their
+/// merchants' keys (the admin plane is on the operator listener).
 pub fn after(
     admin: &mut Admin,
+    merchant_addr: SocketAddr,
     metrics: Option<SocketAddr>,
     world: &World,
     stats: &RunStats,
@@ -74,9 +77,10 @@ pub fn after(
             stats.payments_created_all
         ));
     }
+    let mut reader = Admin::new(merchant_addr, "");
     for (id, merchant) in &stats.approved_ids {
         let key = &world.merchants[*merchant].1;
-        let (status, v) = admin.call("GET", &format!("/v1/payments/{id}"), key, None)?;
+        let (status, v) = reader.call("GET", &format!("/v1/payments/{id}"), key, None)?;
         c.approved_checked += 1;
         let declined = v["response_code"].as_str().is_some_and(|rc| rc != "00");
         if status != 200 || declined {

@@ -26,7 +26,7 @@ use crate::workload::{amount_text, Generator, Op, OpKind, Original, EXP_MONTH, E
 use corepay::iso8583::codec::{decode, encode, BitmapEncoding, Message};
 use corepay::iso8583::framing::{write_frame, FrameReader, Framing, DEFAULT_MAX_FRAME};
 use event_listener::Event;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use hdrhistogram::Histogram;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -651,6 +651,17 @@ async fn connection(
     connected: Rc<RefCell<usize>>,
 ) {
     let mut first = true;
+    let tls = match &s.tls_ca_file {
+        Some(ca) => match crate::tls::client_config(ca, s.protocol) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("corepay-perf: {e}");
+                shared.borrow_mut().stats.connect_failures += 1;
+                return;
+            }
+        },
+        None => None,
+    };
     while !shared.borrow().stopped {
         let stream = futures_lite::future::or(
             async { glommio::net::TcpStream::connect(s.addr).await.ok() },
@@ -666,22 +677,34 @@ async fn connection(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        shared.borrow_mut().stats.connects += 1;
-        if first {
-            *connected.borrow_mut() += 1;
-            first = false;
-        }
-        let (rd, wr) = futures_lite::io::split(stream);
-        let reader = reader(&s, &shared, &conn, rd);
-        let writer = async {
-            let r = writer(&s, &shared, &conn, &work, wr).await;
-            if r.is_ok() {
-                // Everything is sent: only the reader decides when this connection ends.
-                futures_lite::future::pending::<()>().await;
+        let result = match &tls {
+            None => {
+                count_connect(&shared, &connected, &mut first);
+                exchange(&s, &shared, &conn, &work, stream).await
             }
-            r
+            Some(config) => {
+                let connector = futures_rustls::TlsConnector::from(config.clone());
+                let name = crate::tls::server_name(&s.tls_server_name);
+                let handshake = futures_lite::future::or(
+                    async { connector.connect(name, stream).await.ok() },
+                    async {
+                        glommio::timer::sleep(CONNECT_TIMEOUT).await;
+                        None
+                    },
+                );
+                match handshake.await {
+                    Some(stream) => {
+                        count_connect(&shared, &connected, &mut first);
+                        exchange(&s, &shared, &conn, &work, stream).await
+                    }
+                    None => {
+                        shared.borrow_mut().stats.connect_failures += 1;
+                        glommio::timer::sleep(RECONNECT_PAUSE).await;
+                        continue;
+                    }
+                }
+            }
         };
-        let result = futures_lite::future::or(reader, writer).await;
         // Whatever was in flight on this connection is lost with it.
         let lost: Vec<InFlight> = {
             let mut c = conn.borrow_mut();
@@ -718,12 +741,41 @@ async fn connection(
     }
 }
 
-async fn writer(
+fn count_connect(shared: &Rc<RefCell<Shared>>, connected: &Rc<RefCell<usize>>, first: &mut bool) {
+    shared.borrow_mut().stats.connects += 1;
+    if *first {
+        *connected.borrow_mut() += 1;
+        *first = false;
+    }
+}
+
+/// Runs a writer and a reader on one connected stream (plain or TLS) until either ends.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     s: &Scenario,
     shared: &Rc<RefCell<Shared>>,
     conn: &Rc<RefCell<Conn>>,
     work: &Event,
-    mut wr: futures_lite::io::WriteHalf<glommio::net::TcpStream>,
+    stream: S,
+) -> std::io::Result<()> {
+    let (rd, wr) = futures_lite::io::split(stream);
+    let reader = reader(s, shared, conn, rd);
+    let writer = async {
+        let r = writer(s, shared, conn, work, wr).await;
+        if r.is_ok() {
+            // Everything is sent: only the reader decides when this connection ends.
+            futures_lite::future::pending::<()>().await;
+        }
+        r
+    };
+    futures_lite::future::or(reader, writer).await
+}
+
+async fn writer<W: AsyncWrite + Unpin>(
+    s: &Scenario,
+    shared: &Rc<RefCell<Shared>>,
+    conn: &Rc<RefCell<Conn>>,
+    work: &Event,
+    mut wr: W,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut scratch = Vec::with_capacity(512);
@@ -764,6 +816,8 @@ async fn writer(
         match listener {
             None => {
                 wr.write_all(&buf).await?;
+                // Over TLS, what the session still buffers goes out now (a no-op on TCP).
+                wr.flush().await?;
                 buf.clear();
             }
             Some(l) => {
@@ -781,11 +835,11 @@ async fn writer(
     }
 }
 
-async fn reader(
+async fn reader<R: AsyncRead + Unpin>(
     s: &Scenario,
     shared: &Rc<RefCell<Shared>>,
     conn: &Rc<RefCell<Conn>>,
-    mut rd: futures_lite::io::ReadHalf<glommio::net::TcpStream>,
+    mut rd: R,
 ) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(128 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];

@@ -289,7 +289,7 @@ where
         ok(gw
             .create_account(*id, eur, 1_000_000_000, 0, None, None)
             .await)?;
-        ok(gw.create_card(pan.clone(), 12, 2030, *id).await)?;
+        ok(gw.create_card(pan.as_str().into(), 12, 2030, *id).await)?;
     }
     let merchant = merchant(d.shards);
     let (_, key) = gw
@@ -335,7 +335,7 @@ where
     D: corepay::wal::SegmentDir + 'static,
     P: Peers + 'static,
 {
-    let api = Api::new(gw.clone(), ADMIN_KEY);
+    let api = Api::new(gw.clone(), ADMIN_KEY, corepay::http::api::Plane::Merchant);
     // One connection, every request pipelined on it, as the harness sends them.
     let mut bytes = Vec::new();
     for k in first..first + built {
@@ -383,6 +383,7 @@ where
     P: Peers + 'static,
 {
     let api = IsoApi::new(gw.clone(), BitmapEncoding::Binary);
+    let peer = api.peer(None);
     let mut frames = Vec::with_capacity(built as usize);
     for k in first..first + built {
         let mut m = Message::new(*b"0100");
@@ -404,7 +405,7 @@ where
     }
     let mut answers = Vec::with_capacity(requests as usize);
     for frame in &frames[..requests as usize] {
-        let answer = FrameHandler::handle(&api, frame)
+        let answer = FrameHandler::handle(&api, frame, &peer)
             .await
             .ok_or("a 0100 closed the connection")?;
         answers.push(answer);

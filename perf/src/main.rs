@@ -33,6 +33,7 @@ mod responder;
 mod scenario;
 mod soak;
 mod suite;
+mod tls;
 mod window;
 mod workload;
 
@@ -46,7 +47,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((command, rest)) = args.split_first() else {
         eprintln!(
-            "usage: corepay-perf run|sweep|soak|overload|compare|plot|responder|suite|instructions|drive ... (see perf/README.md)"
+            "usage: corepay-perf run|sweep|soak|overload|compare|plot|responder|suite|instructions|drive|handshakes ... (see perf/README.md)"
         );
         std::process::exit(2);
     };
@@ -61,6 +62,7 @@ fn main() {
         "suite" => suite::cmd_suite(&a),
         "instructions" => suite::cmd_instructions(&a),
         "drive" => inproc::cmd_drive(&a),
+        "handshakes" => tls::cmd_handshakes(&a),
         _ => Err(format!("unknown command {command:?}")),
     });
     match result {
@@ -133,6 +135,7 @@ pub fn measure(
     if let (Some(admin), Some(before)) = (&mut p.admin, before) {
         result.check = Some(check::after(
             admin,
+            s.addr,
             s.metrics_addr,
             &p.world,
             &stats,
@@ -340,6 +343,11 @@ fn cmd_responder(a: &Args) -> Result<i32, String> {
         iso: a.parsed("iso")?,
         durable: a.get("durable").map(PathBuf::from),
         core: a.parsed("core")?,
+        tls: match (a.get("tls-cert"), a.get("tls-key")) {
+            (Some(c), Some(k)) => Some((c.to_string(), k.to_string())),
+            (None, None) => None,
+            _ => return Err("responder: --tls-cert and --tls-key go together".into()),
+        },
     };
     a.finish()?;
     if opts.http.is_none() && opts.iso.is_none() {

@@ -51,9 +51,9 @@ use corepay::http::wire;
 use corepay::iso8583::codec::{decode, decode_partial, encode, BitmapEncoding, Message};
 use corepay::iso8583::flows::{response_mti, ECHOED};
 use corepay::iso8583::{write_frame, FrameReader, Framing, FIELDS};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::io::{DmaFile, OpenOptions};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
 /// Which protocol the responder speaks.
@@ -74,6 +74,9 @@ pub struct ResponderOpts {
     pub durable: Option<PathBuf>,
     /// Core to pin the single executor to (None: unpinned).
     pub core: Option<usize>,
+    /// Some((cert, key)) PEM files: both listeners speak TLS with corepay's own settings
+    /// (`corepay::tls::server_config`), so the TLS cost is compared like for like.
+    pub tls: Option<(String, String)>,
 }
 
 /// Runs the responder until SIGTERM or SIGINT. Err if a listener cannot be bound, the
@@ -217,6 +220,7 @@ struct Shared {
     framing: Framing,
     bitmap: BitmapEncoding,
     max_frame: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Shared {
@@ -247,6 +251,20 @@ async fn setup(opts: &ResponderOpts) -> io::Result<(Option<SocketAddr>, Option<S
     let bitmap = iso_defaults
         .bitmap_encoding()
         .map_err(|e| io::Error::other(e.to_string()))?;
+    let tls = match &opts.tls {
+        Some((cert, key)) => {
+            let files = config::Tls {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                client_ca_file: String::new(),
+            };
+            let alpn = opts.http.is_some().then_some(corepay::tls::ALPN_HTTP1);
+            let c = corepay::tls::server_config("responder --tls", &files, alpn)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            Some(Arc::new(c))
+        }
+        None => None,
+    };
     let shared = Rc::new(Shared {
         next_id: Cell::new(0),
         log,
@@ -254,6 +272,7 @@ async fn setup(opts: &ResponderOpts) -> io::Result<(Option<SocketAddr>, Option<S
         framing,
         bitmap,
         max_frame: iso_defaults.max_frame_bytes,
+        tls,
     });
     let mut addrs = (None, None);
     if let Some((listener, addr)) = http {
@@ -293,13 +312,30 @@ fn accept_loop(listener: TcpListener, shared: Rc<Shared>, protocol: Protocol) {
             };
             let _ = stream.set_nodelay(true);
             let shared = shared.clone();
-            match protocol {
-                Protocol::Http => glommio::spawn_local(http_connection(stream, shared)).detach(),
-                Protocol::Iso8583 => glommio::spawn_local(iso_connection(stream, shared)).detach(),
-            };
+            glommio::spawn_local(async move {
+                let Some(tls) = shared.tls.clone() else {
+                    return serve(stream, shared, protocol).await;
+                };
+                let accept = futures_rustls::TlsAcceptor::from(tls).accept(stream);
+                if let Ok(stream) = accept.await {
+                    serve(stream, shared, protocol).await;
+                }
+            })
+            .detach();
         }
     })
     .detach();
+}
+
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    shared: Rc<Shared>,
+    protocol: Protocol,
+) {
+    match protocol {
+        Protocol::Http => http_connection(stream, shared).await,
+        Protocol::Iso8583 => iso_connection(stream, shared).await,
+    }
 }
 
 /// A connection's receive buffer: unconsumed bytes are `buf[start..end]`.
@@ -340,7 +376,7 @@ impl RecvBuf {
     /// front, then grows (at least to `needed` pending bytes), never past `max`. The
     /// caller's parser refuses a request or frame longer than `max`, so pending bytes
     /// never fill a buffer of `max` bytes.
-    async fn fill(&mut self, stream: &mut TcpStream, needed: usize) -> bool {
+    async fn fill<S: AsyncRead + Unpin>(&mut self, stream: &mut S, needed: usize) -> bool {
         if self.end == self.buf.len() && self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -369,7 +405,7 @@ const BAD_REQUEST: &[u8] = br#"{"error":{"type":"invalid_request_error","code":"
 /// Header slots for httparse, on the stack (corepay's default `max_headers`).
 const HEADER_SLOTS: usize = 32;
 
-async fn http_connection(mut stream: TcpStream, shared: Rc<Shared>) {
+async fn http_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Rc<Shared>) {
     let limits = &shared.http;
     let mut recv = RecvBuf::new(limits.max_header_bytes + limits.max_body_bytes);
     let mut out = Vec::with_capacity(4096);
@@ -428,8 +464,8 @@ async fn http_connection(mut stream: TcpStream, shared: Rc<Shared>) {
 
 /// Waits until the record `durable_at` (if any) is durable, then writes `out` and clears it.
 /// False: the connection must end (the log failed, or the write did).
-async fn send(
-    stream: &mut TcpStream,
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     shared: &Shared,
     durable_at: Option<u64>,
     out: &mut Vec<u8>,
@@ -442,7 +478,8 @@ async fn send(
     if out.is_empty() {
         return true;
     }
-    let ok = stream.write_all(out).await.is_ok();
+    // The flush sends what a TLS session still buffers (a no-op on TCP).
+    let ok = stream.write_all(out).await.is_ok() && stream.flush().await.is_ok();
     out.clear();
     ok
 }
@@ -530,7 +567,7 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 // ---------------------------------------------------------------------------------------
 // ISO 8583
 
-async fn iso_connection(mut stream: TcpStream, shared: Rc<Shared>) {
+async fn iso_connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: Rc<Shared>) {
     let reader = FrameReader::new(shared.framing, shared.max_frame);
     let mut recv = RecvBuf::new(shared.framing.header_len() + reader.max_frame());
     let mut out = Vec::with_capacity(4096);
@@ -878,6 +915,7 @@ mod tests {
                 iso: Some(any),
                 durable,
                 core: None,
+                tls: None,
             };
             let stop = Arc::new(AtomicBool::new(false));
             let running = start(&opts, stop.clone()).expect("the responder starts");
@@ -1385,6 +1423,7 @@ mod tests {
             iso: None,
             durable: None,
             core: None,
+            tls: None,
         };
         let err = start(&opts, Arc::new(AtomicBool::new(true)))
             .err()

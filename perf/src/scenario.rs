@@ -59,6 +59,11 @@ pub struct Scenario {
     /// SCHED_FIFO 1) otherwise delay the sends and reads, and every latency carries that
     /// delay; priority 2 gives the harness what a machine of its own would.
     pub load_rt_priority: Option<i32>,
+    /// PEM file of the CA that signed the target's certificate: the load speaks TLS
+    /// (HTTPS, or ISO 8583 over TLS) and trusts only that CA. None: plain TCP.
+    pub tls_ca_file: Option<String>,
+    /// The name the target's certificate is checked against.
+    pub tls_server_name: String,
     pub workload: Workload,
     pub mix: Mix,
     pub sweep: Sweep,
@@ -138,7 +143,7 @@ impl Default for Scenario {
             protocol: Protocol::Http,
             target: Target::Corepay,
             addr: "127.0.0.1:8080".parse().unwrap(),
-            admin_addr: "127.0.0.1:8080".parse().unwrap(),
+            admin_addr: "127.0.0.1:9464".parse().unwrap(),
             metrics_addr: None,
             admin_key: None,
             connections: 8,
@@ -150,6 +155,8 @@ impl Default for Scenario {
             drain_s: 5.0,
             core: None,
             load_rt_priority: None,
+            tls_ca_file: None,
+            tls_server_name: "localhost".into(),
             workload: Workload::default(),
             mix: Mix::default(),
             sweep: Sweep::default(),
@@ -286,6 +293,12 @@ impl Scenario {
         if args.has("closed-loop") {
             s.closed_loop = true;
         }
+        if let Some(v) = args.get("tls") {
+            s.tls_ca_file = Some(v.into());
+        }
+        if let Some(v) = args.get("tls-name") {
+            s.tls_server_name = v.into();
+        }
         if let Some(v) = args.get("admin-key") {
             s.admin_key = Some(v.into());
         }
@@ -335,6 +348,15 @@ impl Scenario {
         }
         if self.mix.total() == 0 {
             return bad("mix", "at least one operation with a weight");
+        }
+        if rustls::pki_types::ServerName::try_from(self.tls_server_name.as_str()).is_err() {
+            return bad("tls_server_name", "a DNS name or an IP address");
+        }
+        if self.mix.balance > 0 && self.protocol == Protocol::Http {
+            return bad(
+                "mix.balance",
+                "over HTTP an account is read on the admin plane (the operator listener), not by merchants; use ISO 8583 (0100, processing code 31)",
+            );
         }
         if self.mix.cold_read + self.mix.cold_refund > 0 && self.protocol != Protocol::Http {
             return bad(

@@ -172,7 +172,8 @@ pub fn cmd_soak(a: &Args) -> Result<i32, String> {
         let mut st = s.clone();
         st.label = format!("{}-{}", s.label, kind.slug());
         st.addr = server.http;
-        st.admin_addr = server.http;
+        // The admin plane is on the operator listener (corepay's metrics address).
+        st.admin_addr = server.metrics.unwrap_or(server.http);
         st.metrics_addr = server.metrics;
         st.admin_key = Some(ADMIN_KEY.into());
         st.target = if kind == Kind::Corepay {
@@ -300,6 +301,7 @@ pub fn soak(s: &Scenario, pid: Option<u32>, check: bool, log: bool) -> Result<So
     if let (Some(admin), Some(before)) = (&mut p.admin, before) {
         run.check = Some(check::after(
             admin,
+            s.addr,
             s.metrics_addr,
             &p.world,
             &stats,

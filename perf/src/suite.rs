@@ -588,7 +588,8 @@ fn scenario(o: &Opts, server: &Server, kind: Kind, protocol: Protocol) -> Scenar
         Protocol::Http => server.http,
         Protocol::Iso8583 => server.iso,
     };
-    s.admin_addr = server.http;
+    // The admin plane is on the operator listener (corepay's metrics address).
+    s.admin_addr = server.metrics.unwrap_or(server.http);
     s.metrics_addr = server.metrics;
     s.admin_key = Some(ADMIN_KEY.into());
     s.connections = o.connections;

@@ -94,7 +94,7 @@ impl Gateway {
     }
 
     fn payments(&self) -> u64 {
-        let (status, body) = get(self.http, "/v1/ledger", ADMIN_KEY);
+        let (status, body) = get(self.operator, "/v1/ledger", ADMIN_KEY);
         assert_eq!(status, 200, "{body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         v["shards"]
@@ -121,7 +121,7 @@ impl Gateway {
         let status = Command::new(env!("CARGO_BIN_EXE_corepay-perf"))
             .args(["run", "--label", label, "--out"])
             .arg(&out)
-            .args(["--admin-addr", &self.http.to_string()])
+            .args(["--admin-addr", &self.operator.to_string()])
             .args(["--metrics-addr", &self.operator.to_string()])
             .args([
                 "--admin-key",
@@ -229,7 +229,7 @@ fn http_figures_match_the_gateway() {
             "--connections",
             "4",
             "--mix",
-            "authorize=50,sale=20,capture=10,void=5,refund=10,balance=5",
+            "authorize=55,sale=20,capture=10,void=5,refund=10",
             "--cross-shard",
             "0.5",
         ],

@@ -20,7 +20,7 @@ use std::rc::Rc;
 pub struct NewPayment {
     pub amount: i64,
     pub currency: Currency,
-    pub pan: CompactString,
+    pub pan: secrets::Pan,
     pub exp_month: u8,
     pub exp_year: u16,
     pub capture: bool,
@@ -486,7 +486,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
     /// Binds a card to an existing account. The PAN is hashed here and dropped.
     pub async fn create_card(
         self: &Rc<Self>,
-        pan: String,
+        pan: secrets::Pan,
         exp_month: u8,
         exp_year: u16,
         account: AccountId,
@@ -675,7 +675,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Gateway<D, P> {
                     None => return Reply::Unavailable,
                 }
             }
-            let pan = provisioned_card_number(&p.bin, id);
+            let pan = secrets::Pan::from(provisioned_card_number(&p.bin, id));
             let hash = self.config.pan_key.hash_pan(&pan);
             if shard_of_card(&hash, shards) == self.shard() {
                 let cmd = Command::CreateCard {

@@ -30,6 +30,7 @@ pub struct Response {
     pub replayed: bool,
     pub retry_after: Option<u32>,
     pub allow: Option<&'static str>,
+    pub content_type: &'static str,
 }
 
 impl Response {
@@ -44,6 +45,19 @@ impl Response {
             replayed: false,
             retry_after: None,
             allow: None,
+            content_type: "application/json",
+        }
+    }
+
+    /// A plain-text answer (the operator's own endpoints).
+    pub fn text(status: u16, content_type: &'static str, body: String) -> Response {
+        Response {
+            status,
+            body: body.into_bytes(),
+            replayed: false,
+            retry_after: None,
+            allow: None,
+            content_type,
         }
     }
 
@@ -122,17 +136,39 @@ impl Session {
     }
 }
 
-/// The API of one shard.
+/// Which listener an `Api` answers on. Endpoints that move money or create what holds it
+/// (accounts, cards, merchants, transfers, the ledger, provisioning) are the admin plane:
+/// served only on the operator listener (internal by default); payments only on the merchant
+/// listener. Each answers the other's paths 404, as if they did not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plane {
+    Merchant,
+    Admin,
+}
+
+/// True for the admin plane's paths (`/v1/accounts…`, `/v1/cards…`, …).
+pub fn is_admin_path(path: &str) -> bool {
+    let mut segments = path.split('/').skip(1);
+    segments.next() == Some("v1")
+        && matches!(
+            segments.next(),
+            Some("accounts" | "cards" | "merchants" | "transfers" | "ledger" | "provision")
+        )
+}
+
+/// The API of one shard, on one plane.
 pub struct Api<D: SegmentDir, P: Peers> {
     pub gateway: Rc<Gateway<D, P>>,
     admin_key_hash: [u8; 32],
+    plane: Plane,
 }
 
 impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
-    pub fn new(gateway: Rc<Gateway<D, P>>, admin_key: &str) -> Api<D, P> {
+    pub fn new(gateway: Rc<Gateway<D, P>>, admin_key: &str, plane: Plane) -> Api<D, P> {
         Api {
             gateway,
             admin_key_hash: secrets::hash_api_key(admin_key),
+            plane,
         }
     }
 
@@ -152,6 +188,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
 
     async fn route(&self, req: &Request, session: &mut Session) -> Result<Response> {
         let path = req.path.trim_end_matches('/');
+        if is_admin_path(path) != (self.plane == Plane::Admin) {
+            return Err(not_found());
+        }
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         let (get, post) = (req.method == Method::Get, req.method == Method::Post);
         let not_allowed = |allow: &'static str| {
@@ -196,13 +235,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
             | ["v1", "cards", _, "status"]
             | ["v1", "merchants", _, "status"] => not_allowed("POST"),
             ["v1", "payments", _] | ["v1", "accounts", _] | ["v1", "ledger"] => not_allowed("GET"),
-            _ => Err(Response::error(
-                404,
-                "invalid_request_error",
-                "not_found",
-                "No such endpoint.",
-                None,
-            )),
+            _ => Err(not_found()),
         }
     }
 
@@ -721,6 +754,16 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
 }
 
 // ---- mapping ---------------------------------------------------------------------------
+
+fn not_found() -> Response {
+    Response::error(
+        404,
+        "invalid_request_error",
+        "not_found",
+        "No such endpoint.",
+        None,
+    )
+}
 
 fn forbidden() -> Response {
     Response::error(

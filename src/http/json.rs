@@ -29,7 +29,7 @@ pub struct SetStatus {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCard {
-    pub number: String,
+    pub number: crate::secrets::Pan,
     pub exp_month: u8,
     pub exp_year: u16,
     pub account_id: u64,
@@ -56,7 +56,7 @@ pub struct CreateTransfer {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CardInput {
-    pub number: CompactString,
+    pub number: crate::secrets::Pan,
     pub exp_month: u8,
     pub exp_year: u16,
 }

@@ -17,6 +17,7 @@
 use futures_lite::{AsyncRead, AsyncReadExt};
 use std::fmt;
 use std::io;
+use zeroize::Zeroize;
 
 /// Upper bound on [`Limits::max_headers`]: the header slots live in a stack array of this size
 /// (32 bytes each), so parsing never allocates.
@@ -57,7 +58,8 @@ pub enum Method {
     Other,
 }
 
-/// One complete request, with only the fields the gateway uses.
+/// One complete request, with only the fields the gateway uses. Its body and
+/// `Authorization` are wiped when it is dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// The request method.
@@ -75,6 +77,13 @@ pub struct Request {
     pub keep_alive: bool,
     /// The body (`Content-Length` bytes; empty without `Content-Length`).
     pub body: Vec<u8>,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        self.body.zeroize();
+        self.authorization.zeroize();
+    }
 }
 
 /// Why no request could be read. Every variant but `Closed` and `Io` is the peer's fault and
@@ -160,6 +169,13 @@ pub struct RequestReader<R> {
     /// The current request's head, once parsed, while its body arrives.
     head: Option<Head>,
     failed: bool,
+}
+
+/// What a connection left unread is wiped when it ends.
+impl<R> Drop for RequestReader<R> {
+    fn drop(&mut self) {
+        self.buf.zeroize();
+    }
 }
 
 /// A parsed head waiting for its body.
@@ -306,6 +322,8 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
         assert!(body_end <= self.end);
         let mut request = head.request;
         request.body = self.buf[body_start..body_end].to_vec();
+        // The request's bytes (a card number, an API key) are wiped as they are taken.
+        self.buf[self.start..body_end].zeroize();
         self.start = body_end;
         self.scanned = 0;
         if self.start == self.end {
@@ -339,8 +357,10 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
         }
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
+            let old_end = self.end;
             self.end -= self.start;
             self.start = 0;
+            self.buf[self.end..old_end].zeroize(); // the moved bytes' old copies
             if self.end < self.buf.len() {
                 return;
             }
@@ -355,7 +375,11 @@ impl<R: AsyncRead + Unpin> RequestReader<R> {
         };
         assert!(self.end < needed && needed <= capacity);
         let size = needed.max(self.buf.len() * 2).min(capacity);
-        self.buf.resize(size, 0);
+        // A new buffer rather than a resize: the old one is wiped, not left to the allocator.
+        let mut bigger = vec![0; size];
+        bigger[..self.end].copy_from_slice(&self.buf[..self.end]);
+        std::mem::swap(&mut self.buf, &mut bigger);
+        bigger.zeroize();
     }
 
     fn eof(&self) -> WireError {
@@ -746,16 +770,17 @@ GET /v1/accounts/7?x=1 HTTP/1.1\r\nConnection: close\r\n\r\n";
     fn pipelined_expected() -> Vec<Request> {
         vec![
             get("/v1/payments/pay_1"),
-            Request {
-                method: Method::Post,
-                path: "/v1/payments".to_owned(),
-                content_type: Some("application/json".to_owned()),
-                body: b"{\"amount\":1}".to_vec(),
-                ..get("")
+            {
+                let mut r = get("/v1/payments");
+                r.method = Method::Post;
+                r.content_type = Some("application/json".to_owned());
+                r.body = b"{\"amount\":1}".to_vec();
+                r
             },
-            Request {
-                keep_alive: false,
-                ..get("/v1/accounts/7")
+            {
+                let mut r = get("/v1/accounts/7");
+                r.keep_alive = false;
+                r
             },
         ]
     }
@@ -866,12 +891,10 @@ idempotency-KEY: k\xff1\r\ncontent-type: application/json\r\nContent-length: 4\r
                 .as_bytes(),
             );
             data.extend_from_slice(&body);
-            want.push(Request {
-                method: Method::Post,
-                path: format!("/p/{i}"),
-                body,
-                ..get("")
-            });
+            let mut r = get(&format!("/p/{i}"));
+            r.method = Method::Post;
+            r.body = body;
+            want.push(r);
         }
         for chunk in [1, 7, 1000, 5000, usize::MAX] {
             let mut r = reader(Feed::chunked(&data, chunk));

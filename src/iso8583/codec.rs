@@ -44,6 +44,14 @@ pub struct Message {
     data: Vec<u8>,
 }
 
+/// Card numbers and track data (DE2, DE35) live in `data`: wiped when the message is
+/// dropped (and the buffer a compaction replaces, below).
+impl Drop for Message {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.data);
+    }
+}
+
 /// The longest value `Message::set` takes: more than any frame can carry, so a longer
 /// one is a caller bug. Values within it but over their field's maximum are refused by
 /// `encode`.
@@ -160,7 +168,7 @@ impl Message {
 
     fn compact(&mut self) {
         let live = Vec::with_capacity(self.live_len());
-        let old = std::mem::replace(&mut self.data, live);
+        let mut old = std::mem::replace(&mut self.data, live);
         for n in Bits(self.present) {
             let i = spec::index(n).expect("present fields are in the profile");
             let span = self.spans[i];
@@ -169,6 +177,7 @@ impl Message {
                 .extend_from_slice(&old[span.start as usize..][..span.len as usize]);
             self.spans[i].start = start as u32;
         }
+        zeroize::Zeroize::zeroize(&mut old);
         debug_assert_eq!(self.data.len(), self.live_len());
     }
 }

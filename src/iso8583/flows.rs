@@ -16,25 +16,73 @@ use std::rc::Rc;
 /// Fields every response echoes from its request (DESIGN.md §6).
 pub const ECHOED: [u8; 11] = [3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49];
 
+/// Who sends a connection's messages: the subject of its client certificate (mutual TLS),
+/// and the acquiring institution ids (DE32) that `[[iso8583.acquirers]]` binds it to.
+#[derive(Debug, Default)]
+pub struct Peer {
+    pub subject: Option<String>,
+    /// `None`: any DE32 (no binding is configured).
+    pub institutions: Option<Vec<Vec<u8>>>,
+}
+
 /// The ISO 8583 side of one shard.
 pub struct IsoApi<D: SegmentDir, P: Peers> {
     pub gateway: Rc<Gateway<D, P>>,
     pub bitmap: BitmapEncoding,
+    /// (certificate subject, the DE32 values it may send); empty: no binding.
+    acquirers: Vec<(String, Vec<Vec<u8>>)>,
 }
 
 impl<D: SegmentDir + 'static, P: Peers + 'static> IsoApi<D, P> {
     pub fn new(gateway: Rc<Gateway<D, P>>, bitmap: BitmapEncoding) -> IsoApi<D, P> {
-        IsoApi { gateway, bitmap }
+        IsoApi {
+            gateway,
+            bitmap,
+            acquirers: Vec::new(),
+        }
+    }
+
+    /// Binds client-certificate subjects to the institution ids they may send; once any is
+    /// bound, a financial message whose DE32 is not bound to its connection's certificate
+    /// is answered 58 (not permitted) and logged.
+    pub fn with_acquirers(mut self, bindings: &[crate::config::AcquirerBinding]) -> Self {
+        self.acquirers = bindings
+            .iter()
+            .map(|b| {
+                let ids = b
+                    .institution_ids
+                    .iter()
+                    .map(|id| strip_zeros(id.as_bytes()).to_vec())
+                    .collect();
+                (b.subject.clone(), ids)
+            })
+            .collect();
+        self
+    }
+
+    /// The identity of a new connection whose client certificate has `subject`.
+    pub fn peer(&self, subject: Option<String>) -> Peer {
+        let institutions = (!self.acquirers.is_empty()).then(|| {
+            self.acquirers
+                .iter()
+                .find(|(s, _)| Some(s) == subject.as_ref())
+                .map(|(_, ids)| ids.clone())
+                .unwrap_or_default()
+        });
+        Peer {
+            subject,
+            institutions,
+        }
     }
 
     /// Answers one frame body. Returns the encoded response body, or `None` when nothing
     /// can be answered (the MTI is unreadable): the caller then closes the connection.
-    pub async fn handle(&self, frame: &[u8]) -> Option<Vec<u8>> {
+    pub async fn handle(&self, frame: &[u8], peer: &Peer) -> Option<Vec<u8>> {
         let request = match decode(frame, self.bitmap) {
             Ok(m) => m,
             Err(_) => return self.format_error(frame),
         };
-        let response = self.respond(&request).await;
+        let response = self.respond(&request, peer).await;
         let mut out = Vec::with_capacity(256);
         encode(&response, self.bitmap, &mut out).expect("responses are built from valid fields");
         Some(out)
@@ -84,12 +132,23 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> IsoApi<D, P> {
         Some(out)
     }
 
-    async fn respond(&self, request: &Message) -> Message {
+    async fn respond(&self, request: &Message, peer: &Peer) -> Message {
         let Some(mti) = response_mti(request.mti()) else {
             // A response sent to us: say so with a format error under its own MTI.
             return answer(request, request.mti(), b"30");
         };
         let class = [request.mti()[0], request.mti()[1], request.mti()[2]];
+        if let Some(allowed) = &peer.institutions {
+            let de32 = strip_zeros(request.get(32).unwrap_or_default());
+            if class != *b"080" && !allowed.iter().any(|id| id.as_slice() == de32) {
+                crate::warn!("iso8583.acquirer_not_permitted":
+                    "{}: DE32 {:?} is not bound to this client certificate; answered 58",
+                    peer.subject.as_deref().unwrap_or("(no certificate)"),
+                    String::from_utf8_lossy(de32)
+                );
+                return answer(request, mti, b"58");
+            }
+        }
         let result = match &class {
             b"080" => Ok(Verdict::code(b"00")),
             b"010" => self.authorization(request).await,
@@ -445,6 +504,12 @@ where
     Err(b"91")
 }
 
+/// An institution id without its zero padding (DE90 and some hosts pad DE32).
+fn strip_zeros(id: &[u8]) -> &[u8] {
+    let first = id.iter().position(|&b| b != b'0').unwrap_or(id.len());
+    &id[first..]
+}
+
 /// The key that makes two messages the same transaction: (DE32, DE41, DE11, DE7), with
 /// DE32's leading zeros dropped (DE90 carries it zero-padded to 11 digits).
 pub fn duplicate_key(acquirer: &[u8], terminal: &[u8], stan: &[u8], transmitted: &[u8]) -> Hash16 {
@@ -486,7 +551,7 @@ fn currency(m: &Message) -> Result<Currency, Code> {
 /// The card as presented: DE2, or the PAN in DE35; expiry from DE14, or from DE35.
 /// Track data stays in this value, in memory, and is dropped with it.
 struct PresentedPan {
-    pan: String,
+    pan: crate::secrets::Pan,
     exp: Option<(u8, u16)>,
 }
 
@@ -519,7 +584,7 @@ fn card(m: &Message) -> Result<PresentedPan, Code> {
         None => None,
     };
     Ok(PresentedPan {
-        pan: pan.to_string(),
+        pan: crate::secrets::Pan::from(pan),
         exp,
     })
 }

@@ -24,24 +24,35 @@
 use crate::config;
 use crate::gateway::Admitted;
 use crate::gateway::Peers;
-use crate::iso8583::flows::IsoApi;
+use crate::iso8583::flows::{IsoApi, Peer};
 use crate::iso8583::{write_frame, FrameReader, Framing};
 use crate::shard::net::{accept_loop, ListenerState};
 use crate::wal::SegmentDir;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use crate::{info, metrics, tls};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpListener;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
+use zeroize::Zeroize;
 
 /// What answers one frame body: the flows (`IsoApi`), or a stand-in in tests.
 pub trait FrameHandler: 'static {
     /// The encoded response body, or `None` to close the connection.
-    fn handle(&self, frame: &[u8]) -> impl Future<Output = Option<Vec<u8>>>;
+    fn handle(&self, frame: &[u8], peer: &Peer) -> impl Future<Output = Option<Vec<u8>>>;
+
+    /// Who a new connection is, from its client certificate's subject (mutual TLS).
+    fn peer(&self, subject: Option<String>) -> Peer {
+        Peer {
+            subject,
+            institutions: None,
+        }
+    }
 
     /// Admission for a frame as it is read: `Ok` to handle it (the place, if any, is held
     /// until it is answered), or `Err` with the answer to send at once instead (`None`:
@@ -59,8 +70,12 @@ pub trait FrameHandler: 'static {
 }
 
 impl<D: SegmentDir + 'static, P: Peers + 'static> FrameHandler for IsoApi<D, P> {
-    fn handle(&self, frame: &[u8]) -> impl Future<Output = Option<Vec<u8>>> {
-        IsoApi::handle(self, frame)
+    fn handle(&self, frame: &[u8], peer: &Peer) -> impl Future<Output = Option<Vec<u8>>> {
+        IsoApi::handle(self, frame, peer)
+    }
+
+    fn peer(&self, subject: Option<String>) -> Peer {
+        IsoApi::peer(self, subject)
     }
 
     fn admit(&self, frame: &[u8]) -> Result<Option<Admitted>, Option<Vec<u8>>> {
@@ -110,10 +125,13 @@ pub struct IsoServer {
 
 impl IsoServer {
     /// Binds `listen` (SO_REUSEPORT: every shard binds the same address) and accepts.
+    /// With `tls`, every connection begins with a TLS handshake (mutual when its settings
+    /// name a client CA).
     pub fn bind<H: FrameHandler>(
         listen: &str,
         limits: IsoLimits,
         handler: Rc<H>,
+        tls: Option<Arc<tls::Reloadable>>,
     ) -> std::io::Result<IsoServer> {
         assert!(limits.max_in_flight > 0 && limits.max_connections > 0);
         assert!(limits.max_frame <= limits.framing.max_body());
@@ -125,7 +143,29 @@ impl IsoServer {
             crate::metrics::Listener::Iso8583,
             state.clone(),
             limits.max_connections,
-            move |stream, st| connection(stream, handler.clone(), limits, st),
+            move |stream, st| {
+                let (handler, tls) = (handler.clone(), tls.clone());
+                async move {
+                    let _ = stream.set_nodelay(true);
+                    let peer = stream.peer_addr().ok();
+                    let Some(tls) = tls else {
+                        let who = Rc::new(handler.peer(None));
+                        return connection(stream, handler, who, limits, st).await;
+                    };
+                    let acceptor = futures_rustls::TlsAcceptor::from(tls.current());
+                    match within(limits.idle_timeout, acceptor.accept(stream)).await {
+                        Some(Ok(stream)) => {
+                            let who = Rc::new(handler.peer(identify(&stream, peer)));
+                            connection(stream, handler, who, limits, st).await
+                        }
+                        Some(Err(e)) => {
+                            metrics::tls_handshake_failed(metrics::Listener::Iso8583);
+                            info!("iso8583.tls_refused": "{peer:?}: TLS handshake failed: {e}");
+                        }
+                        None => metrics::tls_handshake_failed(metrics::Listener::Iso8583),
+                    }
+                }
+            },
         );
         Ok(IsoServer {
             state,
@@ -261,13 +301,35 @@ impl Drop for CloseOnDrop {
     }
 }
 
-async fn connection<H: FrameHandler>(
-    stream: TcpStream,
+/// Who connected over TLS, logged: the protocol version and, under mutual TLS, the client
+/// certificate's subject (returned: the acquirer's identity) and SHA-256 fingerprint.
+fn identify<S>(
+    stream: &futures_rustls::server::TlsStream<S>,
+    peer: Option<SocketAddr>,
+) -> Option<String> {
+    use sha2::Digest;
+    let session = stream.get_ref().1;
+    let version = session.protocol_version();
+    let Some(cert) = session.peer_certificates().and_then(|c| c.first()) else {
+        info!("iso8583.tls_client": "{peer:?}: {version:?}, no client certificate");
+        return None;
+    };
+    let fingerprint = hex::encode(sha2::Sha256::digest(cert.as_ref()));
+    let subject = tls::subject(cert.as_ref());
+    info!("iso8583.tls_client":
+        "{peer:?}: {version:?}, client certificate subject {:?} sha256 {fingerprint}",
+        subject.as_deref().unwrap_or("(unreadable)")
+    );
+    subject
+}
+
+async fn connection<H: FrameHandler, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
     handler: Rc<H>,
+    who: Rc<Peer>,
     limits: IsoLimits,
     listener: Rc<ListenerState>,
 ) {
-    let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let conn = Rc::new(Conn {
         max_in_flight: limits.max_in_flight,
@@ -280,7 +342,7 @@ async fn connection<H: FrameHandler>(
     // Reader and writer run in this one task (one waker); whichever ends first ends the
     // connection, and dropping both halves closes the socket.
     futures_lite::future::or(
-        read_loop(&mut rd, &handler, limits, &conn, &listener),
+        read_loop(&mut rd, &handler, &who, limits, &conn, &listener),
         write_loop(&mut wr, &conn, limits),
     )
     .await;
@@ -290,13 +352,16 @@ async fn connection<H: FrameHandler>(
 async fn read_loop<H: FrameHandler, R: futures_lite::AsyncRead + Unpin>(
     rd: &mut R,
     handler: &Rc<H>,
+    who: &Rc<Peer>,
     limits: IsoLimits,
     conn: &Rc<Conn>,
     listener: &Rc<ListenerState>,
 ) {
     let frames = FrameReader::new(limits.framing, limits.max_frame);
     let capacity = limits.framing.header_len() + frames.max_frame();
-    let mut buf = vec![0u8; INITIAL_BUFFER.min(capacity)];
+    // Wiped when the connection ends, and each frame's bytes as soon as they are copied out:
+    // no card number is left in freed memory.
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; INITIAL_BUFFER.min(capacity)]);
     let (mut start, mut end) = (0usize, 0usize);
     loop {
         // Every whole frame already received.
@@ -330,14 +395,16 @@ async fn read_loop<H: FrameHandler, R: futures_lite::AsyncRead + Unpin>(
                 Ok(place) => place,
                 Err(answer) => {
                     crate::metrics::record_iso(crate::metrics::classify_mti(frame), 0);
+                    buf[start + header..start + header + len].zeroize();
                     start += header + len;
                     conn.reply(answer, slot);
                     continue;
                 }
             };
-            let body = frame.to_vec();
+            let body = zeroize::Zeroizing::new(frame.to_vec());
+            buf[start + header..start + header + len].zeroize();
             start += header + len;
-            let (handler, task_conn) = (handler.clone(), conn.clone());
+            let (handler, task_conn, who) = (handler.clone(), conn.clone(), who.clone());
             let read_at = std::time::Instant::now();
             glommio::spawn_local(async move {
                 let started = std::time::Instant::now();
@@ -347,7 +414,7 @@ async fn read_loop<H: FrameHandler, R: futures_lite::AsyncRead + Unpin>(
                     // Its turn came too late (queue time): shed now.
                     Some(None) => handler.refuse(&body),
                     place => {
-                        let answer = handler.handle(&body).await;
+                        let answer = handler.handle(&body, &who).await;
                         drop(place);
                         answer
                     }
@@ -365,12 +432,16 @@ async fn read_loop<H: FrameHandler, R: futures_lite::AsyncRead + Unpin>(
         if end == buf.len() {
             if start > 0 {
                 buf.copy_within(start..end, 0);
+                buf[end - start..end].zeroize(); // the moved bytes' old copies
                 (start, end) = (0, end - start);
             } else {
                 // A full buffer holds a whole frame or a refused header, unless it is still
                 // smaller than the largest frame.
                 assert!(buf.len() < capacity, "frame reader kept a full buffer");
-                buf.resize((buf.len() * 2).min(capacity), 0);
+                // A new buffer rather than a resize: the old one is wiped when dropped.
+                let mut bigger = vec![0u8; (buf.len() * 2).min(capacity)];
+                bigger[..end].copy_from_slice(&buf[..end]);
+                buf = zeroize::Zeroizing::new(bigger);
             }
         }
         // Receive more; the idle clock runs only while nothing is in flight.
@@ -427,7 +498,12 @@ async fn write_loop<W: futures_lite::AsyncWrite + Unpin>(
             }
         }
         if !out.is_empty() {
-            match within(limits.idle_timeout, wr.write_all(&out)).await {
+            // The flush sends what a TLS session still buffers (nothing over plain TCP).
+            let written = async {
+                wr.write_all(&out).await?;
+                wr.flush().await
+            };
+            match within(limits.idle_timeout, written).await {
                 Some(Ok(())) => {}
                 Some(Err(_)) | None => return,
             }
@@ -475,7 +551,7 @@ mod tests {
     }
 
     impl FrameHandler for Echo {
-        async fn handle(&self, frame: &[u8]) -> Option<Vec<u8>> {
+        async fn handle(&self, frame: &[u8], _: &Peer) -> Option<Vec<u8>> {
             self.started.fetch_add(1, Ordering::SeqCst);
             self.running.set(self.running.get() + 1);
             self.max_running
@@ -548,7 +624,7 @@ mod tests {
                     max_running: mr,
                     started: sd,
                 });
-                let server = IsoServer::bind("127.0.0.1:0", limits, handler.clone()).unwrap();
+                let server = IsoServer::bind("127.0.0.1:0", limits, handler.clone(), None).unwrap();
                 addr_tx.send(server.local_addr()).unwrap();
                 while !dn.load(Ordering::SeqCst) {
                     if st.load(Ordering::SeqCst) && !sp.load(Ordering::SeqCst) {

@@ -4,16 +4,18 @@
 use crate::admission::Priority;
 use crate::config;
 use crate::gateway::{Gateway, Peers};
-use crate::http::api::{Api, Response, Session};
-use crate::http::wire::{self, Limits, Method, RequestReader, WireError};
+use crate::http::api::{is_admin_path, Api, Plane, Response, Session};
+use crate::http::wire::{self, Limits, Method, Request, RequestReader, WireError};
 use crate::metrics;
 use crate::service::Phase;
+use crate::tls;
 use crate::wal::SegmentDir;
-use futures_lite::AsyncWriteExt;
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Runs `f` for at most `limit`; None when the time ran out.
@@ -94,9 +96,11 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
+    /// Binds `cfg.listen`; with `tls`, every connection begins with a TLS handshake.
     pub fn bind<D: SegmentDir + 'static, P: Peers + 'static>(
         cfg: &config::Http,
         api: Rc<Api<D, P>>,
+        tls: Option<Arc<tls::Reloadable>>,
     ) -> std::io::Result<HttpServer> {
         let listener = TcpListener::bind(cfg.listen.as_str())?;
         let state = ListenerState::new();
@@ -115,7 +119,32 @@ impl HttpServer {
             max_connections,
             move |stream, st| {
                 let api = api.clone();
-                async move { connection(stream, &api, limits, request_timeout, idle_timeout, &st).await }
+                let tls = tls.clone();
+                async move {
+                    let _ = stream.set_nodelay(true);
+                    let Some(tls) = tls else {
+                        return connection(
+                            stream,
+                            &*api,
+                            limits,
+                            request_timeout,
+                            idle_timeout,
+                            &st,
+                        )
+                        .await;
+                    };
+                    // The handshake runs in this connection's task: the shard's other
+                    // connections are served between its steps.
+                    let acceptor = futures_rustls::TlsAcceptor::from(tls.current());
+                    match within(request_timeout, acceptor.accept(stream)).await {
+                        Some(Ok(stream)) => {
+                            connection(stream, &*api, limits, request_timeout, idle_timeout, &st)
+                                .await
+                        }
+                        // Plain text, garbage, an old version, or too slow: dropped.
+                        _ => metrics::tls_handshake_failed(metrics::Listener::Http),
+                    }
+                }
             },
         );
         Ok(HttpServer { state, task })
@@ -132,15 +161,56 @@ impl HttpServer {
     }
 }
 
-async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
-    stream: TcpStream,
-    api: &Api<D, P>,
+/// What answers the requests of a listener's connections.
+pub(crate) trait Handler {
+    /// The answer to `request`, or `None` when admission shed it (answered 503 at once).
+    fn answer(
+        &self,
+        request: &Request,
+        session: &mut Session,
+        state: &ListenerState,
+    ) -> impl Future<Output = Option<Response>>;
+
+    /// The endpoint `request` is counted under in /metrics; `None`: not counted.
+    fn endpoint(&self, request: &Request) -> Option<usize>;
+}
+
+/// The merchant listener: admission first, then the API (merchant plane).
+impl<D: SegmentDir + 'static, P: Peers + 'static> Handler for Api<D, P> {
+    async fn answer(
+        &self,
+        request: &Request,
+        session: &mut Session,
+        state: &ListenerState,
+    ) -> Option<Response> {
+        let endpoint = metrics::classify(request.method == Method::Post, &request.path);
+        let place = self.gateway.admit(http_priority(endpoint)).ok()?;
+        state.active.set(state.active.get() + 1);
+        let response = self.handle_in(request, session).await;
+        drop(place);
+        state.active.set(state.active.get() - 1);
+        Some(response)
+    }
+
+    fn endpoint(&self, request: &Request) -> Option<usize> {
+        Some(metrics::classify(
+            request.method == Method::Post,
+            &request.path,
+        ))
+    }
+}
+
+async fn connection<H, S>(
+    stream: S,
+    handler: &H,
     limits: Limits,
     request_timeout: Duration,
     idle_timeout: Duration,
     state: &ListenerState,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    H: Handler,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut reader = RequestReader::new(stream, limits);
     let mut out = Vec::with_capacity(1024);
     let mut session = Session::default();
@@ -170,7 +240,7 @@ async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
                     None,
                 );
                 write_api_response(&mut out, &r, false);
-                let _ = reader.get_mut().write_all(&out).await;
+                let _ = write_out(reader.get_mut(), &out).await;
                 return;
             }
             Some(Err(WireError::Closed)) | Some(Err(WireError::Io(_))) => return,
@@ -184,23 +254,13 @@ async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
                 );
                 write_api_response(&mut out, &r, false);
                 metrics::record(7, e.status(), 1);
-                let _ = reader.get_mut().write_all(&out).await;
+                let _ = write_out(reader.get_mut(), &out).await;
                 return;
             }
             Some(Ok(r)) => r,
         };
         let started = Instant::now();
-        let endpoint = metrics::classify(request.method == Method::Post, &request.path);
-        let response = match api.gateway.admit(http_priority(endpoint)) {
-            Ok(place) => {
-                state.active.set(state.active.get() + 1);
-                let response = api.handle_in(&request, &mut session).await;
-                drop(place);
-                state.active.set(state.active.get() - 1);
-                Some(response)
-            }
-            Err(_) => None,
-        };
+        let response = handler.answer(&request, &mut session, state).await;
         let keep_alive = request.keep_alive && !state.stopped.get();
         let status = match &response {
             Some(r) => {
@@ -220,11 +280,13 @@ async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
                 503
             }
         };
-        metrics::record(endpoint, status, started.elapsed().as_micros() as u64);
+        if let Some(endpoint) = handler.endpoint(&request) {
+            metrics::record(endpoint, status, started.elapsed().as_micros() as u64);
+        }
         // Answer at once, even when the next pipelined request has begun to arrive: holding
         // the answer until that request completes would make a client's latency depend on its
         // next request.
-        if reader.get_mut().write_all(&out).await.is_err() {
+        if write_out(reader.get_mut(), &out).await.is_err() {
             return;
         }
         out.clear();
@@ -233,6 +295,13 @@ async fn connection<D: SegmentDir + 'static, P: Peers + 'static>(
             return;
         }
     }
+}
+
+/// Writes `out` and flushes it: over TLS, what the session still buffers goes out now (over
+/// plain TCP the flush does nothing).
+async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> std::io::Result<()> {
+    stream.write_all(out).await?;
+    stream.flush().await
 }
 
 /// The body of a request shed by admission control (a Stripe-style error object).
@@ -259,14 +328,7 @@ fn write_api_response(out: &mut Vec<u8>, r: &Response, keep_alive: bool) {
     if let Some(allow) = r.allow {
         headers.push(("allow", allow));
     }
-    wire::write_response(
-        out,
-        r.status,
-        &headers,
-        "application/json",
-        &r.body,
-        keep_alive,
-    );
+    wire::write_response(out, r.status, &headers, r.content_type, &r.body, keep_alive);
 }
 
 /// Runs a reconciliation on a thread of its own: (status, report). 200 when PostgreSQL
@@ -286,7 +348,68 @@ async fn run_reconcile(reconcile: crate::shard::server::Reconcile) -> (u16, Stri
     }
 }
 
-/// `/metrics`, `/healthz`, `/readyz`, `/reconcile` (admin key) on shard 0.
+/// The operator listener's requests: its own endpoints (`/metrics`, `/healthz`, `/readyz`,
+/// `/reconcile` with the admin key) and the admin plane of the API. Never shed by admission:
+/// an operator must be able to look and act while the merchant listener is overloaded.
+struct OperatorPlane<D: SegmentDir, P: Peers> {
+    api: Api<D, P>,
+    life: std::sync::Arc<crate::service::Lifecycle>,
+    admin: [u8; 32],
+    reconcile: crate::shard::server::Reconcile,
+    sinks: crate::replication::SinkStatuses,
+}
+
+impl<D: SegmentDir + 'static, P: Peers + 'static> Handler for OperatorPlane<D, P> {
+    async fn answer(
+        &self,
+        request: &Request,
+        session: &mut Session,
+        _: &ListenerState,
+    ) -> Option<Response> {
+        const TEXT: &str = "text/plain";
+        let text = |status, body: &str| Response::text(status, TEXT, body.to_string());
+        Some(match request.path.as_str() {
+            "/healthz" => match self.life.health() {
+                Ok(()) => text(200, "ok: every shard is making progress\n"),
+                Err(why) => text(503, &format!("{why}\n")),
+            },
+            "/readyz" => match self.life.phase() {
+                Phase::Serving => text(200, "ready\n"),
+                Phase::Recovering => text(503, "starting\n"),
+                Phase::Draining => text(503, "draining\n"),
+            },
+            "/metrics" => match self.api.gateway.all_stats().await {
+                Ok(stats) => Response::text(
+                    200,
+                    "text/plain; version=0.0.4",
+                    crate::metrics::render(&stats, &self.sinks),
+                ),
+                Err(_) => text(503, "unavailable\n"),
+            },
+            "/reconcile" => {
+                let key = request
+                    .authorization
+                    .as_deref()
+                    .and_then(|a| a.strip_prefix("Bearer "))
+                    .map(crate::secrets::hash_api_key);
+                if key.as_ref() != Some(&self.admin) {
+                    text(401, "the admin key is required\n")
+                } else {
+                    let (status, body) = run_reconcile(self.reconcile.clone()).await;
+                    text(status, &body)
+                }
+            }
+            _ => self.api.handle_in(request, session).await,
+        })
+    }
+
+    fn endpoint(&self, request: &Request) -> Option<usize> {
+        is_admin_path(&request.path)
+            .then(|| metrics::classify(request.method == Method::Post, &request.path))
+    }
+}
+
+/// The operator listener on shard 0 (`operator.listen`, internal by default).
 pub struct OperatorServer {
     task: glommio::task::JoinHandle<()>,
 }
@@ -298,8 +421,10 @@ impl Drop for OperatorServer {
 }
 
 impl OperatorServer {
+    #[allow(clippy::too_many_arguments)]
     pub fn bind<D: SegmentDir + 'static, P: Peers + 'static>(
         listen: &str,
+        http: &config::Http,
         gateway: Rc<Gateway<D, P>>,
         life: std::sync::Arc<crate::service::Lifecycle>,
         admin_key: &str,
@@ -307,53 +432,35 @@ impl OperatorServer {
         sinks: crate::replication::SinkStatuses,
     ) -> std::io::Result<OperatorServer> {
         let listener = TcpListener::bind(listen)?;
-        let admin = Rc::new(crate::secrets::hash_api_key(admin_key));
+        let plane = Rc::new(OperatorPlane {
+            api: Api::new(gateway, admin_key, Plane::Admin),
+            life,
+            admin: crate::secrets::hash_api_key(admin_key),
+            reconcile,
+            sinks,
+        });
+        let limits = Limits {
+            max_header_bytes: http.max_header_bytes,
+            max_headers: http.max_headers,
+            max_body_bytes: http.max_body_bytes,
+        };
+        let request_timeout = Duration::from_millis(http.request_timeout_ms);
+        let idle_timeout = Duration::from_millis(http.idle_timeout_ms);
+        let state = ListenerState::new();
         let task = glommio::spawn_local(async move {
             while let Ok(stream) = listener.accept().await {
-                let (gateway, life) = (gateway.clone(), life.clone());
-                let (admin, reconcile, sinks) = (admin.clone(), reconcile.clone(), sinks.clone());
+                let (plane, state) = (plane.clone(), state.clone());
                 glommio::spawn_local(async move {
-                    let mut reader = RequestReader::new(stream, Limits::default());
-                    let Some(Ok(req)) = within(Duration::from_secs(5), reader.next()).await else {
-                        return;
-                    };
-                    let (status, body) = match req.path.as_str() {
-                        "/healthz" => match life.health() {
-                            Ok(()) => (200, "ok: every shard is making progress\n".to_string()),
-                            Err(why) => (503, format!("{why}\n")),
-                        },
-                        "/readyz" => match life.phase() {
-                            Phase::Serving => (200, "ready\n".to_string()),
-                            Phase::Recovering => (503, "starting\n".to_string()),
-                            Phase::Draining => (503, "draining\n".to_string()),
-                        },
-                        "/metrics" => match gateway.all_stats().await {
-                            Ok(stats) => (200, crate::metrics::render(&stats, &sinks)),
-                            Err(_) => (503, "unavailable\n".to_string()),
-                        },
-                        "/reconcile" => {
-                            let key = req
-                                .authorization
-                                .as_deref()
-                                .and_then(|a| a.strip_prefix("Bearer "))
-                                .map(crate::secrets::hash_api_key);
-                            if key.as_ref() != Some(&*admin) {
-                                (401, "the admin key is required\n".to_string())
-                            } else {
-                                run_reconcile(reconcile).await
-                            }
-                        }
-                        _ => (404, "not found\n".to_string()),
-                    };
-                    let mut out = Vec::new();
-                    let ct = if req.path == "/metrics" {
-                        "text/plain; version=0.0.4"
-                    } else {
-                        "text/plain"
-                    };
-                    wire::write_response(&mut out, status, &[], ct, body.as_bytes(), false);
-                    let _ = reader.get_mut().write_all(&out).await;
-                    let _ = reader.get_mut().close().await;
+                    let _ = stream.set_nodelay(true);
+                    connection(
+                        stream,
+                        &*plane,
+                        limits,
+                        request_timeout,
+                        idle_timeout,
+                        &state,
+                    )
+                    .await
                 })
                 .detach();
             }

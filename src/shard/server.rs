@@ -265,20 +265,38 @@ fn admin_key(config: &Config) -> Result<String, StartError> {
     }
 }
 
-/// Blocks SIGTERM and SIGINT in every thread and turns them into `flag`.
-fn install_signal_thread(flag: Arc<AtomicBool>, life: Arc<Lifecycle>) {
+/// Blocks SIGTERM, SIGINT and SIGHUP in every thread: the first two turn into `flag`,
+/// SIGHUP reads the TLS certificates and keys again.
+fn install_signal_thread(flag: Arc<AtomicBool>, life: Arc<Lifecycle>, tls: crate::tls::Listeners) {
     // SAFETY: sigset manipulation on a local, zero-initialised sigset_t.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         std::thread::Builder::new()
             .name("corepay-signals".into())
             .spawn(move || loop {
                 let mut sig: libc::c_int = 0;
-                if libc::sigwait(&set, &mut sig) == 0 {
+                if libc::sigwait(&set, &mut sig) != 0 {
+                    continue;
+                }
+                if sig == libc::SIGHUP {
+                    let reloaded = tls.reload();
+                    if reloaded.is_empty() {
+                        info!("service.sighup": "SIGHUP: no TLS listener to reload");
+                    }
+                    for (section, result) in reloaded {
+                        match result {
+                            Ok(()) => info!("tls.reloaded":
+                                "SIGHUP: {section} reloaded; new connections use it"),
+                            Err(e) => error!("tls.reload_failed":
+                                "SIGHUP: {e}; {section} keeps the certificate it had"),
+                        }
+                    }
+                } else {
                     info!("service.signal": "signal {sig}: draining and stopping");
                     life.draining();
                     flag.store(true, Ordering::SeqCst);
@@ -337,7 +355,8 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let shards = config.shard_count();
     let life = Lifecycle::new(shards as usize);
-    install_signal_thread(shutdown.clone(), life.clone());
+    let tls = crate::tls::Listeners::load(&config).map_err(|e| StartError(e.to_string()))?;
+    install_signal_thread(shutdown.clone(), life.clone(), tls.clone());
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| StartError(format!("cannot create {}: {e}", data_dir.display())))?;
@@ -561,6 +580,7 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
             reader,
             reconcile: reconcile.clone(),
             sinks: sinks.clone(),
+            tls: tls.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("corepay-shard-{k}"))
@@ -660,6 +680,7 @@ struct ShardCtx {
     reconcile: Reconcile,
     /// Every replication runner's status, for /metrics.
     sinks: crate::replication::SinkStatuses,
+    tls: crate::tls::Listeners,
 }
 
 async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
@@ -680,6 +701,7 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
         reader,
         reconcile,
         sinks,
+        tls,
     } = ctx;
     crate::logline::set_shard(shard);
     let (senders, receivers) = barrier(
@@ -770,20 +792,27 @@ async fn run_shard(ctx: ShardCtx) -> Result<(), String> {
     })
     .await?;
 
-    let api = std::rc::Rc::new(Api::new(gateway.clone(), &admin_key));
-    let http = net::HttpServer::bind(&config.http, api)
+    let api = std::rc::Rc::new(Api::new(
+        gateway.clone(),
+        &admin_key,
+        crate::http::api::Plane::Merchant,
+    ));
+    let http = net::HttpServer::bind(&config.http, api, tls.http)
         .map_err(|e| format!("http.listen {}: {e}", config.http.listen))?;
     let iso_limits = IsoLimits::from_config(&config.iso8583).map_err(|e| e.to_string())?;
     let bitmap = config
         .iso8583
         .bitmap_encoding()
         .map_err(|e| e.to_string())?;
-    let iso_api = std::rc::Rc::new(IsoApi::new(gateway.clone(), bitmap));
-    let iso = IsoServer::bind(&config.iso8583.listen, iso_limits, iso_api)
+    let iso_api = std::rc::Rc::new(
+        IsoApi::new(gateway.clone(), bitmap).with_acquirers(&config.iso8583.acquirers),
+    );
+    let iso = IsoServer::bind(&config.iso8583.listen, iso_limits, iso_api, tls.iso8583)
         .map_err(|e| format!("iso8583.listen {}: {e}", config.iso8583.listen))?;
     let operator = if shard == 0 {
         let op = net::OperatorServer::bind(
             &config.operator.listen,
+            &config.http,
             gateway.clone(),
             shared.life.clone(),
             &admin_key,

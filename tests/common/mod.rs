@@ -232,8 +232,9 @@ impl Server {
         Client::connect(self.http)
     }
 
+    /// The admin plane: the operator listener, with the admin key.
     pub fn admin(&self) -> Client {
-        let mut c = self.client();
+        let mut c = Client::connect(self.operator);
         c.bearer = Some(ADMIN_KEY.to_string());
         c
     }
