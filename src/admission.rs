@@ -205,9 +205,15 @@ impl Admission {
             return;
         }
         self.on_time_at = Some(now);
-        let below_start = self.limit < f64::from(self.cfg.initial_limit);
-        if (was_limited || below_start) && self.delay <= self.cfg.target_micros {
-            self.limit = (self.limit + 1.0 / self.limit).min(f64::from(self.cfg.max_in_flight));
+        let start = f64::from(self.cfg.initial_limit);
+        if (was_limited || self.limit < start) && self.delay <= self.cfg.target_micros {
+            // Past where it started only while it is the constraint.
+            let cap = if was_limited {
+                self.cfg.max_in_flight
+            } else {
+                self.cfg.initial_limit
+            };
+            self.limit = (self.limit + 1.0 / self.limit).min(f64::from(cap));
         }
     }
 
