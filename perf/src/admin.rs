@@ -6,11 +6,17 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+/// A connection, plain or TLS.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
 pub struct Admin {
     addr: SocketAddr,
     key: String,
-    stream: Option<TcpStream>,
+    stream: Option<Box<dyn Stream>>,
     buf: Vec<u8>,
+    /// Some: connections speak TLS, checking the server's certificate for this name.
+    tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
 }
 
 impl Admin {
@@ -20,7 +26,14 @@ impl Admin {
             key: key.to_string(),
             stream: None,
             buf: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// Connections speak TLS (the merchant listener with `--tls`).
+    pub fn with_tls(mut self, config: std::sync::Arc<rustls::ClientConfig>, name: &str) -> Admin {
+        self.tls = Some((config, name.to_string()));
+        self
     }
 
     pub fn get(&mut self, path: &str) -> Result<(u16, Value), String> {
@@ -69,7 +82,17 @@ impl Admin {
             let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
             s.set_nodelay(true)?;
             s.set_read_timeout(Some(Duration::from_secs(120)))?;
-            self.stream = Some(s);
+            self.stream = Some(match &self.tls {
+                None => Box::new(s),
+                Some((config, name)) => {
+                    let conn = rustls::ClientConnection::new(
+                        config.clone(),
+                        crate::tls::server_name(name),
+                    )
+                    .map_err(std::io::Error::other)?;
+                    Box::new(rustls::StreamOwned::new(conn, s))
+                }
+            });
             self.buf.clear();
         }
         let stream = self.stream.as_mut().unwrap();
@@ -80,6 +103,7 @@ impl Admin {
             body.len()
         );
         stream.write_all(req.as_bytes())?;
+        stream.flush()?;
         read_response(stream, &mut self.buf)
     }
 }

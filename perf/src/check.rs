@@ -5,6 +5,7 @@
 use crate::admin::{get_text, metric_sum, Admin};
 use crate::engine::RunStats;
 use crate::report::Check;
+use crate::scenario::Scenario;
 use crate::workload::World;
 use std::net::SocketAddr;
 
@@ -43,11 +44,11 @@ fn http_2xx(addr: SocketAddr) -> Result<u64, String> {
 
 /// Runs after the load, before any other request to the gateway (the 2xx cross-check
 /// counts the check's own reads separately).
-/// `merchant_addr`: the merchant listener, where approved payments are read back with their
-/// merchants' keys (the admin plane is on the operator listener).
+/// `merchant`: the merchant listener (and its TLS settings), where approved payments are
+/// read back with their merchants' keys (the admin plane is on the operator listener).
 pub fn after(
     admin: &mut Admin,
-    merchant_addr: SocketAddr,
+    merchant: &Scenario,
     metrics: Option<SocketAddr>,
     world: &World,
     stats: &RunStats,
@@ -77,7 +78,11 @@ pub fn after(
             stats.payments_created_all
         ));
     }
-    let mut reader = Admin::new(merchant_addr, "");
+    let mut reader = Admin::new(merchant.addr, "");
+    if let Some(ca) = &merchant.tls_ca_file {
+        let config = crate::tls::client_config(ca, merchant.protocol)?;
+        reader = reader.with_tls(config, &merchant.tls_server_name);
+    }
     for (id, merchant) in &stats.approved_ids {
         let key = &world.merchants[*merchant].1;
         let (status, v) = reader.call("GET", &format!("/v1/payments/{id}"), key, None)?;

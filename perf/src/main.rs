@@ -135,7 +135,7 @@ pub fn measure(
     if let (Some(admin), Some(before)) = (&mut p.admin, before) {
         result.check = Some(check::after(
             admin,
-            s.addr,
+            s,
             s.metrics_addr,
             &p.world,
             &stats,

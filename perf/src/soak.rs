@@ -301,7 +301,7 @@ pub fn soak(s: &Scenario, pid: Option<u32>, check: bool, log: bool) -> Result<So
     if let (Some(admin), Some(before)) = (&mut p.admin, before) {
         run.check = Some(check::after(
             admin,
-            s.addr,
+            s,
             s.metrics_addr,
             &p.world,
             &stats,
