@@ -90,6 +90,20 @@ where
     .detach()
 }
 
+/// `[http]`'s request limits, request timeout and idle timeout (both HTTP listeners').
+fn http_limits(cfg: &config::Http) -> (Limits, Duration, Duration) {
+    let limits = Limits {
+        max_header_bytes: cfg.max_header_bytes,
+        max_headers: cfg.max_headers,
+        max_body_bytes: cfg.max_body_bytes,
+    };
+    (
+        limits,
+        Duration::from_millis(cfg.request_timeout_ms),
+        Duration::from_millis(cfg.idle_timeout_ms),
+    )
+}
+
 pub struct HttpServer {
     state: Rc<ListenerState>,
     task: glommio::task::JoinHandle<()>,
@@ -104,13 +118,7 @@ impl HttpServer {
     ) -> std::io::Result<HttpServer> {
         let listener = TcpListener::bind(cfg.listen.as_str())?;
         let state = ListenerState::new();
-        let limits = Limits {
-            max_header_bytes: cfg.max_header_bytes,
-            max_headers: cfg.max_headers,
-            max_body_bytes: cfg.max_body_bytes,
-        };
-        let request_timeout = Duration::from_millis(cfg.request_timeout_ms);
-        let idle_timeout = Duration::from_millis(cfg.idle_timeout_ms);
+        let (limits, request_timeout, idle_timeout) = http_limits(cfg);
         let max_connections = cfg.max_connections_per_shard;
         let task = accept_loop(
             listener,
@@ -439,13 +447,7 @@ impl OperatorServer {
             reconcile,
             sinks,
         });
-        let limits = Limits {
-            max_header_bytes: http.max_header_bytes,
-            max_headers: http.max_headers,
-            max_body_bytes: http.max_body_bytes,
-        };
-        let request_timeout = Duration::from_millis(http.request_timeout_ms);
-        let idle_timeout = Duration::from_millis(http.idle_timeout_ms);
+        let (limits, request_timeout, idle_timeout) = http_limits(http);
         let state = ListenerState::new();
         let task = glommio::spawn_local(async move {
             while let Ok(stream) = listener.accept().await {
