@@ -26,7 +26,7 @@ use crate::gateway::Admitted;
 use crate::gateway::Peers;
 use crate::iso8583::flows::{IsoApi, Peer};
 use crate::iso8583::{write_frame, FrameReader, Framing};
-use crate::shard::net::{accept_loop, handshake, ListenerState};
+use crate::shard::net::{accept_loop, ListenerState};
 use crate::wal::SegmentDir;
 use crate::{info, metrics, tls};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -152,15 +152,17 @@ impl IsoServer {
                         let who = Rc::new(handler.peer(None));
                         return connection(stream, handler, who, limits, st).await;
                     };
-                    match handshake(&tls, stream, limits.idle_timeout).await {
-                        Some(stream) => {
+                    let acceptor = futures_rustls::TlsAcceptor::from(tls.current());
+                    match within(limits.idle_timeout, acceptor.accept(stream)).await {
+                        Some(Ok(stream)) => {
                             let who = Rc::new(handler.peer(identify(&stream, peer)));
                             connection(stream, handler, who, limits, st).await
                         }
-                        None => {
+                        Some(Err(e)) => {
                             metrics::tls_handshake_failed(metrics::Listener::Iso8583);
-                            info!("iso8583.tls_refused": "{peer:?}: TLS handshake failed or timed out");
+                            info!("iso8583.tls_refused": "{peer:?}: TLS handshake failed: {e}");
                         }
+                        None => metrics::tls_handshake_failed(metrics::Listener::Iso8583),
                     }
                 }
             },

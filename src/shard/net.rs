@@ -90,45 +90,6 @@ where
     .detach()
 }
 
-/// Shares of the shard's time that TLS handshakes get while requests wait too (the default
-/// queue has 1,000): a burst of new connections (a reconnect storm) takes a fifth of the
-/// core, and the requests of established connections the rest. Idle, handshakes get all.
-const HANDSHAKE_SHARES: usize = 250;
-
-thread_local! {
-    static HANDSHAKES: std::cell::Cell<Option<glommio::TaskQueueHandle>> =
-        const { std::cell::Cell::new(None) };
-}
-
-/// A TLS handshake on `stream`, within `limit`, run in the shard's handshake task queue
-/// (`HANDSHAKE_SHARES`; the shard's preemption timer, `server::PREEMPT_EVERY`, bounds how
-/// long either queue runs before the other's turn): a burst of handshakes cannot hold up
-/// the requests already in flight. None: it failed or timed out.
-pub(crate) async fn handshake<S>(
-    tls: &tls::Reloadable,
-    stream: S,
-    limit: Duration,
-) -> Option<futures_rustls::server::TlsStream<S>>
-where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
-    let queue = HANDSHAKES.with(|q| {
-        if let Some(queue) = q.get() {
-            return queue;
-        }
-        let queue = glommio::executor().create_task_queue(
-            glommio::Shares::Static(HANDSHAKE_SHARES),
-            glommio::Latency::NotImportant,
-            "tls-handshakes",
-        );
-        q.set(Some(queue));
-        queue
-    });
-    let accept = futures_rustls::TlsAcceptor::from(tls.current()).accept(stream);
-    let task = glommio::spawn_local_into(within(limit, accept), queue).ok()?;
-    task.await?.ok()
-}
-
 /// `[http]`'s request limits, request timeout and idle timeout (both HTTP listeners').
 fn http_limits(cfg: &config::Http) -> (Limits, Duration, Duration) {
     let limits = Limits {
@@ -180,8 +141,11 @@ impl HttpServer {
                         )
                         .await;
                     };
-                    match handshake(&tls, stream, request_timeout).await {
-                        Some(stream) => {
+                    // The handshake runs in this connection's task: the shard's other
+                    // connections are served between its steps.
+                    let acceptor = futures_rustls::TlsAcceptor::from(tls.current());
+                    match within(request_timeout, acceptor.accept(stream)).await {
+                        Some(Ok(stream)) => {
                             connection(stream, &*api, limits, request_timeout, idle_timeout, &st)
                                 .await
                         }

@@ -44,12 +44,6 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// How long one of a shard's task queues runs while another has work waiting (glommio's
-/// default is 100 ms): a burst of TLS handshakes (their own queue, `net::handshake`) holds up
-/// requests already in flight by at most about this, not by the whole burst
-/// (BENCHMARKS.md, 2026-12-05). With one queue busy, the timer only re-arms.
-pub const PREEMPT_EVERY: Duration = Duration::from_millis(2);
-
 /// How often each shard runs its housekeeping (`Gateway::tick`) and checks for shutdown.
 const TICK: Duration = Duration::from_millis(20);
 /// How long start-up waits for in-flight credits to be delivered.
@@ -591,7 +585,6 @@ pub fn serve(mut config: Config) -> Result<(), StartError> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("corepay-shard-{k}"))
             .spin_before_park(Duration::from_micros(config.server.spin_before_park_us))
-            .preempt_timer(PREEMPT_EVERY)
             .blocking_thread_pool_placement(sync_placement.clone())
             .spawn(move || async move {
                 let shared = ctx.shared.clone();
