@@ -26,6 +26,9 @@ pub const ENDPOINTS: [&str; 8] = [
     "error",
 ];
 
+/// `ENDPOINTS[ADMIN_ENDPOINT]`: the admin plane's requests (`http::api::is_admin_path`).
+pub const ADMIN_ENDPOINT: usize = 5;
+
 /// The ISO 8583 message types measured separately (by the request's MTI).
 pub const MTIS: [&str; 7] = ["0100", "0200", "0220", "0400", "0420", "0800", "other"];
 
@@ -136,10 +139,7 @@ pub fn classify(post: bool, path: &str) -> usize {
         (true, [Some("v1"), Some("payments"), Some(_), Some("capture"), None]) => 2,
         (true, [Some("v1"), Some("payments"), Some(_), Some("void"), None]) => 3,
         (true, [Some("v1"), Some("payments"), Some(_), Some("refunds"), None]) => 4,
-        (
-            _,
-            [Some("v1"), Some("accounts" | "cards" | "merchants" | "transfers" | "ledger" | "provision"), ..],
-        ) => 5,
+        _ if crate::http::api::is_admin_path(path) => ADMIN_ENDPOINT,
         _ => 6,
     }
 }

@@ -150,12 +150,6 @@ pub fn merchant_of_api_key(key: &str) -> Option<String> {
 #[serde(transparent)]
 pub struct Pan(compact_str::CompactString);
 
-impl Pan {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 impl std::ops::Deref for Pan {
     type Target = str;
     fn deref(&self) -> &str {

@@ -241,6 +241,11 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
 
     // ---- authentication ------------------------------------------------------------------
 
+    /// True when `key` is the admin key (the operator's own endpoints check it too).
+    pub fn is_admin_key(&self, key: &str) -> bool {
+        secrets::hash_api_key(key) == self.admin_key_hash
+    }
+
     fn bearer(req: &Request) -> Result<&str> {
         let value = req.authorization.as_deref().ok_or_else(unauthorized)?;
         let key = value
@@ -265,7 +270,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Api<D, P> {
             }
             None => {}
         }
-        if secrets::hash_api_key(key) == self.admin_key_hash {
+        if self.is_admin_key(key) {
             session.proven = Some((key.to_string(), Proven::Admin));
             return Ok(Caller::Admin);
         }

@@ -205,7 +205,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> IsoApi<D, P> {
             let p = NewPayment {
                 amount,
                 currency,
-                pan: card.pan.as_str().into(),
+                pan: crate::secrets::Pan::from(&*card.pan),
                 exp_month: card.exp.map_or(0, |e| e.0),
                 exp_year: card.exp.map_or(0, |e| e.1),
                 capture,
@@ -513,11 +513,7 @@ fn strip_zeros(id: &[u8]) -> &[u8] {
 /// The key that makes two messages the same transaction: (DE32, DE41, DE11, DE7), with
 /// DE32's leading zeros dropped (DE90 carries it zero-padded to 11 digits).
 pub fn duplicate_key(acquirer: &[u8], terminal: &[u8], stan: &[u8], transmitted: &[u8]) -> Hash16 {
-    let first = acquirer
-        .iter()
-        .position(|&b| b != b'0')
-        .unwrap_or(acquirer.len());
-    let acquirer = &acquirer[first..];
+    let acquirer = strip_zeros(acquirer);
     let terminal = terminal.trim_ascii_end();
     crate::secrets::hash16(&[b"iso8583", acquirer, terminal, stan, transmitted])
 }

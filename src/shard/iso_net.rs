@@ -26,7 +26,7 @@ use crate::gateway::Admitted;
 use crate::gateway::Peers;
 use crate::iso8583::flows::{IsoApi, Peer};
 use crate::iso8583::{write_frame, FrameReader, Framing};
-use crate::shard::net::{accept_loop, ListenerState};
+use crate::shard::net::{accept_loop, handshake, ListenerState};
 use crate::wal::SegmentDir;
 use crate::{info, metrics, tls};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -146,23 +146,21 @@ impl IsoServer {
             move |stream, st| {
                 let (handler, tls) = (handler.clone(), tls.clone());
                 async move {
-                    let _ = stream.set_nodelay(true);
                     let peer = stream.peer_addr().ok();
                     let Some(tls) = tls else {
                         let who = Rc::new(handler.peer(None));
                         return connection(stream, handler, who, limits, st).await;
                     };
-                    let acceptor = futures_rustls::TlsAcceptor::from(tls.current());
-                    match within(limits.idle_timeout, acceptor.accept(stream)).await {
-                        Some(Ok(stream)) => {
+                    let kind = metrics::Listener::Iso8583;
+                    match handshake(&tls, stream, limits.idle_timeout, kind).await {
+                        Ok(stream) => {
                             let who = Rc::new(handler.peer(identify(&stream, peer)));
                             connection(stream, handler, who, limits, st).await
                         }
-                        Some(Err(e)) => {
-                            metrics::tls_handshake_failed(metrics::Listener::Iso8583);
-                            info!("iso8583.tls_refused": "{peer:?}: TLS handshake failed: {e}");
+                        Err(Some(why)) => {
+                            info!("iso8583.tls_refused": "{peer:?}: TLS handshake failed: {why}")
                         }
-                        None => metrics::tls_handshake_failed(metrics::Listener::Iso8583),
+                        Err(None) => {} // timed out: counted
                     }
                 }
             },

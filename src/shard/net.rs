@@ -4,7 +4,7 @@
 use crate::admission::Priority;
 use crate::config;
 use crate::gateway::{Gateway, Peers};
-use crate::http::api::{is_admin_path, Api, Plane, Response, Session};
+use crate::http::api::{Api, Plane, Response, Session};
 use crate::http::wire::{self, Limits, Method, Request, RequestReader, WireError};
 use crate::metrics;
 use crate::service::Phase;
@@ -76,6 +76,7 @@ where
                 metrics::connection_refused(kind);
                 continue;
             }
+            let _ = stream.set_nodelay(true);
             state.connections.set(state.connections.get() + 1);
             metrics::set_connections(kind, state.connections.get());
             let (conn, st) = (serve(stream, state.clone()), state.clone());
@@ -88,6 +89,26 @@ where
         }
     })
     .detach()
+}
+
+/// The TLS handshake of an accepted connection, within `limit`, in the connection's own task
+/// (the shard's other connections are served between its steps). A failure (plain text,
+/// garbage, an old version, an unknown client certificate: `Err(Some(why))`) or a timeout
+/// (`Err(None)`) is counted for `kind`; the caller drops the connection.
+pub(crate) async fn handshake(
+    tls: &tls::Reloadable,
+    stream: TcpStream,
+    limit: Duration,
+    kind: metrics::Listener,
+) -> Result<futures_rustls::server::TlsStream<TcpStream>, Option<String>> {
+    let accept = futures_rustls::TlsAcceptor::from(tls.current()).accept(stream);
+    let result = match within(limit, accept).await {
+        Some(Ok(stream)) => return Ok(stream),
+        Some(Err(e)) => Err(Some(e.to_string())),
+        None => Err(None),
+    };
+    metrics::tls_handshake_failed(kind);
+    result
 }
 
 /// `[http]`'s request limits, request timeout and idle timeout (both HTTP listeners').
@@ -129,7 +150,6 @@ impl HttpServer {
                 let api = api.clone();
                 let tls = tls.clone();
                 async move {
-                    let _ = stream.set_nodelay(true);
                     let Some(tls) = tls else {
                         return connection(
                             stream,
@@ -141,16 +161,9 @@ impl HttpServer {
                         )
                         .await;
                     };
-                    // The handshake runs in this connection's task: the shard's other
-                    // connections are served between its steps.
-                    let acceptor = futures_rustls::TlsAcceptor::from(tls.current());
-                    match within(request_timeout, acceptor.accept(stream)).await {
-                        Some(Ok(stream)) => {
-                            connection(stream, &*api, limits, request_timeout, idle_timeout, &st)
-                                .await
-                        }
-                        // Plain text, garbage, an old version, or too slow: dropped.
-                        _ => metrics::tls_handshake_failed(metrics::Listener::Http),
+                    let kind = metrics::Listener::Http;
+                    if let Ok(stream) = handshake(&tls, stream, request_timeout, kind).await {
+                        connection(stream, &*api, limits, request_timeout, idle_timeout, &st).await
                     }
                 }
             },
@@ -171,16 +184,18 @@ impl HttpServer {
 
 /// What answers the requests of a listener's connections.
 pub(crate) trait Handler {
-    /// The answer to `request`, or `None` when admission shed it (answered 503 at once).
+    /// The answer to `request` (counted under `endpoint`), or `None` when admission shed it
+    /// (answered 503 at once).
     fn answer(
         &self,
         request: &Request,
+        endpoint: usize,
         session: &mut Session,
         state: &ListenerState,
     ) -> impl Future<Output = Option<Response>>;
 
-    /// The endpoint `request` is counted under in /metrics; `None`: not counted.
-    fn endpoint(&self, request: &Request) -> Option<usize>;
+    /// Whether requests to `endpoint` (`metrics::classify`) are counted in /metrics.
+    fn counts(&self, endpoint: usize) -> bool;
 }
 
 /// The merchant listener: admission first, then the API (merchant plane).
@@ -188,10 +203,10 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Handler for Api<D, P> {
     async fn answer(
         &self,
         request: &Request,
+        endpoint: usize,
         session: &mut Session,
         state: &ListenerState,
     ) -> Option<Response> {
-        let endpoint = metrics::classify(request.method == Method::Post, &request.path);
         let place = self.gateway.admit(http_priority(endpoint)).ok()?;
         state.active.set(state.active.get() + 1);
         let response = self.handle_in(request, session).await;
@@ -200,11 +215,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Handler for Api<D, P> {
         Some(response)
     }
 
-    fn endpoint(&self, request: &Request) -> Option<usize> {
-        Some(metrics::classify(
-            request.method == Method::Post,
-            &request.path,
-        ))
+    fn counts(&self, _: usize) -> bool {
+        true
     }
 }
 
@@ -268,7 +280,10 @@ async fn connection<H, S>(
             Some(Ok(r)) => r,
         };
         let started = Instant::now();
-        let response = handler.answer(&request, &mut session, state).await;
+        let endpoint = metrics::classify(request.method == Method::Post, &request.path);
+        let response = handler
+            .answer(&request, endpoint, &mut session, state)
+            .await;
         let keep_alive = request.keep_alive && !state.stopped.get();
         let status = match &response {
             Some(r) => {
@@ -288,7 +303,7 @@ async fn connection<H, S>(
                 503
             }
         };
-        if let Some(endpoint) = handler.endpoint(&request) {
+        if handler.counts(endpoint) {
             metrics::record(endpoint, status, started.elapsed().as_micros() as u64);
         }
         // Answer at once, even when the next pipelined request has begun to arrive: holding
@@ -362,7 +377,6 @@ async fn run_reconcile(reconcile: crate::shard::server::Reconcile) -> (u16, Stri
 struct OperatorPlane<D: SegmentDir, P: Peers> {
     api: Api<D, P>,
     life: std::sync::Arc<crate::service::Lifecycle>,
-    admin: [u8; 32],
     reconcile: crate::shard::server::Reconcile,
     sinks: crate::replication::SinkStatuses,
 }
@@ -371,6 +385,7 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Handler for OperatorPlane<D, P
     async fn answer(
         &self,
         request: &Request,
+        _: usize,
         session: &mut Session,
         _: &ListenerState,
     ) -> Option<Response> {
@@ -398,9 +413,8 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Handler for OperatorPlane<D, P
                 let key = request
                     .authorization
                     .as_deref()
-                    .and_then(|a| a.strip_prefix("Bearer "))
-                    .map(crate::secrets::hash_api_key);
-                if key.as_ref() != Some(&self.admin) {
+                    .and_then(|a| a.strip_prefix("Bearer "));
+                if !key.is_some_and(|k| self.api.is_admin_key(k)) {
                     text(401, "the admin key is required\n")
                 } else {
                     let (status, body) = run_reconcile(self.reconcile.clone()).await;
@@ -411,9 +425,9 @@ impl<D: SegmentDir + 'static, P: Peers + 'static> Handler for OperatorPlane<D, P
         })
     }
 
-    fn endpoint(&self, request: &Request) -> Option<usize> {
-        is_admin_path(&request.path)
-            .then(|| metrics::classify(request.method == Method::Post, &request.path))
+    /// Only the admin plane's requests; not /metrics, /healthz, /readyz, /reconcile.
+    fn counts(&self, endpoint: usize) -> bool {
+        endpoint == metrics::ADMIN_ENDPOINT
     }
 }
 
@@ -443,7 +457,6 @@ impl OperatorServer {
         let plane = Rc::new(OperatorPlane {
             api: Api::new(gateway, admin_key, Plane::Admin),
             life,
-            admin: crate::secrets::hash_api_key(admin_key),
             reconcile,
             sinks,
         });
